@@ -1,0 +1,65 @@
+# imgov developer entry points. `make test` and `make demo` are all a fresh machine needs.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+KAFKA      := infra/kafka/kafka.sh
+CLICKHOUSE := infra/clickhouse/clickhouse.sh
+
+.PHONY: help venv up down status test unit integration lint bench demo clean
+
+help: ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP) ## Create the virtualenv and install imgov with its dev tools
+
+up: venv ## Start Kafka and ClickHouse (idempotent)
+	bash $(KAFKA) start
+	bash $(CLICKHOUSE) start
+
+down: ## Stop Kafka and ClickHouse (idempotent)
+	-bash $(CLICKHOUSE) stop
+	-bash $(KAFKA) stop
+
+status: ## Show whether the services run, with their memory
+	@bash $(KAFKA) status || true
+	@bash $(CLICKHOUSE) status || true
+
+# The services are stopped even when a test fails, and the target exits with the
+# test result. A service that fails to start fails the run (before any test).
+test: venv ## Install what is missing, start the services, run every test, stop them
+	@status=0; \
+	$(MAKE) --no-print-directory up || status=$$?; \
+	if [ $$status -eq 0 ]; then \
+		$(BIN)/pytest -q tests/unit tests/integration || status=$$?; \
+	else \
+		echo "make test: a service failed to start; logs are under .imgov/logs/" >&2; \
+	fi; \
+	$(MAKE) --no-print-directory down; \
+	exit $$status
+
+unit: venv ## Run the unit tests only (no servers)
+	$(BIN)/pytest -q tests/unit
+
+integration: venv ## Run the integration tests against running services (make up first)
+	$(BIN)/pytest -q tests/integration
+
+lint: venv ## Ruff and mypy (strict on the pure core and the contracts)
+	$(BIN)/ruff check streams schemas sinks tests
+	$(BIN)/mypy
+
+bench: venv ## Run the benchmarks; results are appended to .imgov/bench/results.jsonl
+	@for b in tests/benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit $$?; done
+
+clean: down ## Stop the services and delete their state and the virtualenv
+	rm -rf .imgov/services $(VENV)
