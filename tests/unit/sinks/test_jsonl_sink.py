@@ -1,0 +1,61 @@
+"""The JSON Lines and in-memory sinks keep every record, in order, only once flushed."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+from schemas.records import DeadLetter, DeadLetterReason, KpiValue
+from sinks.base import Sink
+from sinks.jsonl import JsonLinesSink
+from sinks.memory import MemorySink
+
+
+def _kpi(start: int) -> KpiValue:
+    return KpiValue(
+        kpi="alert_ppv",
+        window_size="1d",
+        window_start_ms=start,
+        window_end_ms=start + 86_400_000,
+        site_id="*",
+        algorithm_name="ich-detect",
+        algorithm_version="*",
+        finding_code="ICH",
+        numerator=3,
+        denominator=4,
+        value=0.75,
+        final=True,
+        revision=1,
+    )
+
+
+def test_both_sinks_satisfy_the_protocol(tmp_path: Path) -> None:
+    assert isinstance(MemorySink(), Sink)
+    assert isinstance(JsonLinesSink(tmp_path), Sink)
+
+
+def test_jsonl_sink_writes_only_on_flush_and_keeps_bytes(tmp_path: Path) -> None:
+    sink = JsonLinesSink(tmp_path)
+    letter = DeadLetter(reason=DeadLetterReason.UNDECODABLE, message="not Avro", value=b"\xff\x00garbage")
+    sink.add(_kpi(0))
+    sink.add(letter)
+    sink.add(_kpi(86_400_000))
+    assert (tmp_path / "kpi.jsonl").read_text() == ""
+    sink.close()
+
+    kpi_lines = [json.loads(line) for line in (tmp_path / "kpi.jsonl").read_text().splitlines()]
+    assert [line["window_start_ms"] for line in kpi_lines] == [0, 86_400_000]
+    assert kpi_lines[0]["value"] == 0.75 and kpi_lines[0]["final"] is True
+    (dead,) = [json.loads(line) for line in (tmp_path / "dlq.jsonl").read_text().splitlines()]
+    assert dead["reason"] == "UNDECODABLE"
+    assert base64.b64decode(dead["value"]) == b"\xff\x00garbage"
+    assert (tmp_path / "lineage.jsonl").read_text() == ""
+
+
+def test_memory_sink_groups_by_type_after_flush() -> None:
+    sink = MemorySink()
+    sink.add(_kpi(0))
+    assert sink.records(KpiValue) == []
+    sink.flush()
+    assert sink.records(KpiValue) == [_kpi(0)]
