@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 
 import pytest
 from clickhouse_driver import Client
+
+from streams.runtime.settings import REPO_ROOT
+from streams.runtime.topics import TopicRole, TopicSpec, create_topics
 
 KAFKA_BOOTSTRAP = os.environ.get("IMGOV_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
 CLICKHOUSE_HOST = os.environ.get("IMGOV_CLICKHOUSE_HOST", "127.0.0.1")
@@ -77,3 +82,93 @@ def clickhouse_compliance() -> Iterator[Client]:
     client = _clickhouse_client("compliance", "compliance")
     yield client
     client.disconnect()
+
+
+# --- Kafka: fresh topics, and the broker script for tests that restart it ----------------
+
+KAFKA_SCRIPT = REPO_ROOT / "infra" / "kafka" / "kafka.sh"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "broker_restart: stops and restarts the Kafka broker; runs after all others"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # A broker restart disturbs every client connected at that moment: run those tests
+    # last (a stable sort keeps the order of everything else).
+    items.sort(key=lambda item: item.get_closest_marker("broker_restart") is not None)
+
+
+@pytest.fixture
+def kafka_topic_factory(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
+    """Creates uniquely named topics through streams.runtime.topics; deletes them after."""
+    created: list[str] = []
+
+    def make(
+        prefix: str = "it", partitions: int = 1, config: Mapping[str, str] | None = None
+    ) -> str:
+        name = f"{prefix}.{uuid.uuid4().hex[:12]}"
+        spec = TopicSpec(
+            name=name,
+            role=TopicRole.OUTPUT,
+            partitions=partitions,
+            replication_factor=1,
+            config=dict(config or {}),
+        )
+        create_topics(kafka_bootstrap, [spec])
+        created.append(name)
+        return name
+
+    yield make
+
+    if created:
+        from kafka.admin import KafkaAdminClient
+
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+            try:
+                admin.delete_topics(created)
+            finally:
+                admin.close()
+        except Exception:  # best effort: a leftover test topic harms nobody
+            pass
+
+
+def run_kafka_script(*args: str, timeout_s: float = 180) -> subprocess.CompletedProcess[str]:
+    """Runs infra/kafka/kafka.sh; fails the test with its output when it fails."""
+    done = subprocess.run(
+        ["bash", str(KAFKA_SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.fail(
+            f"kafka.sh {' '.join(args)} exited {done.returncode}:\n{done.stdout}{done.stderr}"
+        )
+    return done
+
+
+@pytest.fixture
+def kafka_script() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``kafka_script("stop")`` runs infra/kafka/kafka.sh stop, failing the test if it fails."""
+    return run_kafka_script
+
+
+@pytest.fixture
+def managed_kafka(kafka_bootstrap: str) -> str:
+    """The bootstrap address, when that broker is the one infra/kafka/kafka.sh manages.
+
+    Tests that stop and start the broker need it; against any other broker they skip
+    (locally) or fail (in CI, where the script always starts the broker).
+    """
+    status = run_kafka_script("status").stdout
+    if "kafka: running" not in status or kafka_bootstrap not in status:
+        message = f"the broker at {kafka_bootstrap} is not managed by {KAFKA_SCRIPT}: {status}"
+        if _in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    return kafka_bootstrap
