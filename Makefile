@@ -59,7 +59,7 @@ lint: venv ## Ruff and mypy (strict on the pure core and the contracts)
 	$(BIN)/mypy
 
 bench: venv ## Run the benchmarks; results are appended to .imgov/bench/results.jsonl
-	@for b in tests/benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit $$?; done
+	@for b in tests/benchmarks/bench_*.py; do m=$${b%.py}; echo "== $$m"; $(BIN)/python -m $${m//\//.} || exit $$?; done
 
 clean: down ## Stop the services and delete their state and the virtualenv
 	rm -rf .imgov/services $(VENV)

@@ -11,7 +11,14 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
-from schemas.events import AlertChannel, AlertState, InferenceResult, InferenceStatus, LabelMethod, ReportStatus
+from schemas.events import (
+    AlertChannel,
+    AlertState,
+    InferenceResult,
+    InferenceStatus,
+    LabelMethod,
+    ReportStatus,
+)
 
 __all__ = [
     "Breach",
