@@ -1,0 +1,8 @@
+"""Synthetic event generator: a seeded multi-site clinic (``imgov simulate``).
+
+Pure generation (no clock, no global random state, no I/O): ``config`` (the knobs),
+``clinic`` with ``alerts`` and ``reports`` (studies and their events), ``scenarios``
+(drift, scanner change), ``delivery`` (delays, duplicates, losses, delivery order),
+``run`` (all of it in memory), ``truth`` (ground truth records). I/O at the edges:
+``output`` (files), ``producer`` (Kafka), ``overrides`` and ``cli`` (the command).
+"""
