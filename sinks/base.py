@@ -22,7 +22,14 @@ from schemas.records import Breach, DeadLetter, KpiValue, LineageRecord, ReviewC
 __all__ = ["Output", "Sink", "SinkBackpressureError", "SinkError"]
 
 Output: TypeAlias = (
-    InferenceEvent | AlertEvent | ReportEvent | LineageRecord | KpiValue | Breach | ReviewCandidate | DeadLetter
+    InferenceEvent
+    | AlertEvent
+    | ReportEvent
+    | LineageRecord
+    | KpiValue
+    | Breach
+    | ReviewCandidate
+    | DeadLetter
 )
 """Everything a sink can receive: accepted input events (the audit ``event_log``) and
 every output record of the core."""

@@ -50,7 +50,8 @@ class JsonLinesSink:
         self._directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self._files: dict[type, IO[str]] = {
-            kind: (directory / name).open("w", encoding="utf-8") for kind, name in FILE_NAMES.items()
+            kind: (directory / name).open("w", encoding="utf-8")
+            for kind, name in FILE_NAMES.items()
         }
         self._pending: list[Output] = []
 

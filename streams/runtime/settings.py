@@ -10,7 +10,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["ClickHouseSettings", "KafkaSettings", "REPO_ROOT", "STATE_DIR"]
+__all__ = ["REPO_ROOT", "STATE_DIR", "ClickHouseSettings", "KafkaSettings"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 """The source checkout (an editable install); infra files are found relative to it."""

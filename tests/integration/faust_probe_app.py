@@ -26,7 +26,9 @@ app = faust.App(
     topic_replication_factor=1,
     consumer_auto_offset_reset="earliest",
 )
-source = app.topic(TOPIC, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw")
+source = app.topic(
+    TOPIC, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw"
+)
 clickhouse = Client(
     host="127.0.0.1",
     port=int(os.environ.get("IMGOV_CLICKHOUSE_PORT", "19000")),

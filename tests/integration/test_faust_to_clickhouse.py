@@ -63,7 +63,16 @@ def test_faust_agent_writes_every_message_to_clickhouse(
     }
     log = (tmp_path / "worker.log").open("wb")
     worker = subprocess.Popen(
-        [sys.executable, "-m", "faust", "-A", "tests.integration.faust_probe_app", "worker", "-l", "warn"],
+        [
+            sys.executable,
+            "-m",
+            "faust",
+            "-A",
+            "tests.integration.faust_probe_app",
+            "worker",
+            "-l",
+            "warn",
+        ],
         cwd=REPO,
         env=env,
         stdout=log,
@@ -72,7 +81,9 @@ def test_faust_agent_writes_every_message_to_clickhouse(
     try:
         count = _wait_for_rows(clickhouse_writer, table, len(sent), timeout_s=90)
         assert count == len(sent), (tmp_path / "worker.log").read_text()[-3000:]
-        rows = clickhouse_writer.execute(f"SELECT event_id, study_uid, score FROM {table} ORDER BY event_id")
+        rows = clickhouse_writer.execute(
+            f"SELECT event_id, study_uid, score FROM {table} ORDER BY event_id"
+        )
         assert rows == [(d["event_id"], d["study_uid"], d["score"]) for d in sent]
     finally:
         worker.terminate()

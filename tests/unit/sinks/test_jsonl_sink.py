@@ -37,7 +37,9 @@ def test_both_sinks_satisfy_the_protocol(tmp_path: Path) -> None:
 
 def test_jsonl_sink_writes_only_on_flush_and_keeps_bytes(tmp_path: Path) -> None:
     sink = JsonLinesSink(tmp_path)
-    letter = DeadLetter(reason=DeadLetterReason.UNDECODABLE, message="not Avro", value=b"\xff\x00garbage")
+    letter = DeadLetter(
+        reason=DeadLetterReason.UNDECODABLE, message="not Avro", value=b"\xff\x00garbage"
+    )
     sink.add(_kpi(0))
     sink.add(letter)
     sink.add(_kpi(86_400_000))
