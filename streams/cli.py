@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import typer
 
+from schemas.cli import schemas_app
 from streams import __version__
+from streams.runtime.db_cli import db_app, query_command
+from streams.runtime.topics_cli import topics_app
+from streams.simulate.cli import simulate
 
 app = typer.Typer(
     name="imgov",
@@ -12,6 +16,11 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(topics_app, name="topics")
+app.add_typer(schemas_app, name="schemas")
+app.command("simulate")(simulate)
+app.add_typer(db_app, name="db")
+app.command("query")(query_command)
 
 
 def _print_version(value: bool) -> None:
@@ -23,7 +32,11 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def main(
     version: bool = typer.Option(
-        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print the version and exit.",
     ),
 ) -> None:
     """Governance pipeline for AI in medical imaging."""

@@ -1,0 +1,386 @@
+"""Run SQL against the audit database, embedded (chDB) or on a ClickHouse server.
+
+``QueryBackend`` is the one seam the CLI (``imgov query``, ``imgov db migrate``), the
+migration runner and ``imgov audit verify`` talk through; the two implementations are
+:class:`ChdbBackend` (a chDB data directory, opened in this process) and
+:class:`ClickHouseBackend` (clickhouse-driver over the native protocol).
+
+Parameters use the pyformat style of clickhouse-driver (``WHERE site_id = %(site)s``)
+on both backends, substituted on the client side (ClickHouse 18.16 has no server-side
+query parameters). Rows are never inlined as ``INSERT ... VALUES (...)`` text: against
+18.16 that hangs clickhouse-driver; :meth:`QueryBackend.insert` passes them as data.
+
+Exceptions::
+
+    ImgovError
+    └── QueryError                  the statement failed; ``code`` is ClickHouse's error code
+        └── BackendUnavailableError the server (or the chDB directory) cannot be reached
+                                    now; retrying later may succeed
+
+chDB quirks handled here: one process may have ONE chDB data directory open at a time
+(opening a second path, or ``chdb.query`` on ``:memory:``, fails until every connection
+to the first is closed), and one data directory may be open in ONE process at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
+
+from clickhouse_driver import Client
+from clickhouse_driver import errors as ch_errors
+
+from schemas.errors import ImgovError
+
+if TYPE_CHECKING:
+    from streams.runtime.settings import ClickHouseSettings
+
+__all__ = [
+    "BackendUnavailableError",
+    "ChdbBackend",
+    "ClickHouseBackend",
+    "QueryBackend",
+    "QueryError",
+    "QueryResult",
+    "is_transient",
+    "substitute_params",
+]
+
+QueryResult: TypeAlias = tuple[list[str], list[tuple[Any, ...]]]
+"""Column names and rows; both empty for a statement that returns nothing."""
+
+# Server error codes that mean "not now" rather than "never": memory, too many parts,
+# timeouts, a server shutting down. Everything else is the statement's fault.
+_TRANSIENT_CODES = frozenset({159, 160, 202, 209, 210, 241, 252, 394})
+
+
+class QueryError(ImgovError):
+    """A statement failed.
+
+    Attributes:
+        code: ClickHouse's numeric error code, when the engine gave one.
+    """
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class BackendUnavailableError(QueryError):
+    """The server or the chDB data directory cannot be used right now."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Returns whether a clickhouse-driver (or socket) error may go away on retry."""
+    if isinstance(exc, ch_errors.ServerException):
+        return exc.code in _TRANSIENT_CODES
+    return isinstance(
+        exc,
+        ch_errors.NetworkError
+        | ch_errors.SocketTimeoutError
+        | ch_errors.UnexpectedPacketFromServerError
+        | EOFError
+        | OSError,
+    )
+
+
+def translate_driver_error(exc: BaseException, what: str) -> QueryError:
+    """Returns the imgov exception for a clickhouse-driver failure (raise it ``from exc``)."""
+    code = getattr(exc, "code", None)
+    # 18.16 appends a C++ stack trace to every server error: keep the message only.
+    text = " ".join(str(exc).split("Stack trace:")[0].split()) or type(exc).__name__
+    cls = BackendUnavailableError if is_transient(exc) else QueryError
+    return cls(f"{what}: {text[:1000]}", code=code if isinstance(code, int) else None)
+
+
+def _escape(value: object) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, datetime | date):
+        return _escape(
+            value.isoformat(sep=" ") if isinstance(value, datetime) else value.isoformat()
+        )
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_escape(item) for item in value) + "]"
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+        return f"'{escaped}'"
+    raise TypeError(f"cannot pass a {type(value).__name__} as a query parameter")
+
+
+def substitute_params(sql: str, params: Mapping[str, object] | None) -> str:
+    """Returns ``sql`` with ``%(name)s`` placeholders replaced by quoted literals."""
+    if not params:
+        return sql
+    return sql % {name: _escape(value) for name, value in params.items()}
+
+
+@runtime_checkable
+class QueryBackend(Protocol):
+    """Somewhere the audit database lives.
+
+    Attributes:
+        database: the database unqualified table names refer to.
+    """
+
+    database: str
+
+    def execute(self, sql: str, params: Mapping[str, object] | None = None) -> QueryResult:
+        """Runs one statement and returns its columns and rows.
+
+        Raises:
+            BackendUnavailableError: the backend cannot be reached now.
+            QueryError: the statement failed.
+        """
+        ...
+
+    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+        """Inserts rows (values in ``columns`` order) as data, never as SQL text.
+
+        Raises:
+            BackendUnavailableError: the backend cannot be reached now.
+            QueryError: the rows were rejected.
+        """
+        ...
+
+    def close(self) -> None:
+        """Releases the connection."""
+        ...
+
+
+class ClickHouseBackend:
+    """A ClickHouse server reached with clickhouse-driver (any version from 18.16).
+
+    Args:
+        client: a connected (or lazily connecting) clickhouse-driver client whose
+            database is ``database``.
+        database: the database the client uses.
+    """
+
+    def __init__(self, client: Client, database: str) -> None:
+        self._client = client
+        self.database = database
+        hosts = getattr(client.connection, "hosts", None) or [("?", "?")]
+        host, port = hosts[0]
+        self._where_text = f"ClickHouse {host}:{port}/{database}"
+
+    @classmethod
+    def connect(
+        cls,
+        settings: ClickHouseSettings,
+        *,
+        database: str | None = None,
+        create_database: bool = False,
+        send_receive_timeout_s: float = 300.0,
+    ) -> ClickHouseBackend:
+        """Returns a backend for ``settings`` (``IMGOV_CLICKHOUSE_*``).
+
+        Args:
+            settings: host, port, user, password and default database.
+            database: overrides ``settings.database``.
+            create_database: run ``CREATE DATABASE IF NOT EXISTS`` first (through the
+                ``system`` database, which every 18.16 user may open).
+
+        Raises:
+            BackendUnavailableError: the server does not answer.
+            QueryError: the database could not be created.
+        """
+        database = database or settings.database
+        if create_database:
+            bootstrap = cls(cls._client_for(settings, "system", send_receive_timeout_s), "system")
+            try:
+                bootstrap.execute(f"CREATE DATABASE IF NOT EXISTS {_identifier(database)}")
+            finally:
+                bootstrap.close()
+        return cls(cls._client_for(settings, database, send_receive_timeout_s), database)
+
+    @staticmethod
+    def _client_for(settings: ClickHouseSettings, database: str, timeout_s: float) -> Client:
+        return Client(
+            host=settings.host,
+            port=settings.port,
+            user=settings.user,
+            password=settings.password.get_secret_value(),
+            database=database,
+            connect_timeout=5,
+            send_receive_timeout=timeout_s,
+        )
+
+    @property
+    def client(self) -> Client:
+        """The underlying clickhouse-driver client."""
+        return self._client
+
+    def execute(self, sql: str, params: Mapping[str, object] | None = None) -> QueryResult:
+        try:
+            result = self._client.execute(
+                sql, dict(params) if params else None, with_column_types=True
+            )
+        except Exception as exc:
+            raise translate_driver_error(exc, f"query failed on {self._where()}") from exc
+        rows, column_types = result if isinstance(result, tuple) else (result, [])
+        return [name for name, _ in column_types], [tuple(row) for row in rows]
+
+    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+        if not rows:
+            return
+        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES"
+        try:
+            self._client.execute(sql, rows, types_check=False)
+        except Exception as exc:
+            raise translate_driver_error(
+                exc, f"insert into {table} failed on {self._where()}"
+            ) from exc
+
+    def close(self) -> None:
+        self._client.disconnect()
+
+    def _where(self) -> str:
+        return self._where_text
+
+
+class ChdbBackend:
+    """A chDB (embedded ClickHouse) data directory, opened in this process.
+
+    Args:
+        path: the data directory; created when missing.
+        database: created when missing and made the current database.
+
+    Raises:
+        BackendUnavailableError: another process has the directory open, or this
+            process has another chDB directory open.
+    """
+
+    def __init__(self, path: Path | str, database: str = "imgov") -> None:
+        import chdb  # deferred: importing chdb starts an embedded engine
+
+        self.path = Path(path)
+        self.database = database
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn: Any = chdb.connect(str(self.path))  # type: ignore[no-untyped-call]
+        except Exception as exc:
+            raise BackendUnavailableError(
+                f"cannot open chDB data directory {self.path}: {_first_line(exc)} (chDB allows "
+                "one data directory per process and one process per data directory: close "
+                "the other sink or session, or stop the other process)"
+            ) from exc
+        try:
+            self._run(f"CREATE DATABASE IF NOT EXISTS {_identifier(database)}")
+            self._run(f"USE {_identifier(database)}")
+            # 64-bit integers as JSON numbers, so results need no per-type conversion.
+            self._run("SET output_format_json_quote_64bit_integers = 0")
+        except Exception:
+            self.close()
+            raise
+
+    @property
+    def connection(self) -> Any:
+        """The chDB connection (``chdb.state.sqlitelike.Connection``)."""
+        return self._conn
+
+    def _run(self, sql: str, fmt: str = "JSONCompact") -> bytes:
+        if self._conn is None:
+            raise QueryError(f"chDB data directory {self.path} is closed")
+        try:
+            result = self._conn.query(sql, fmt)
+        except Exception as exc:
+            raise QueryError(
+                f"query failed on chDB {self.path}/{self.database}: {_first_line(exc)}",
+                code=_chdb_code(exc),
+            ) from exc
+        return bytes(result.bytes()) if result is not None else b""
+
+    def execute(self, sql: str, params: Mapping[str, object] | None = None) -> QueryResult:
+        raw = self._run(substitute_params(sql, params))
+        if not raw.strip():
+            return [], []
+        doc = json.loads(raw.decode("utf-8", errors="replace"), parse_int=_parse_int)
+        return [column["name"] for column in doc["meta"]], [tuple(row) for row in doc["data"]]
+
+    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+        if not rows:
+            return
+        # ensure_ascii=False + surrogateescape: bytes values reach the engine unchanged.
+        lines = (json.dumps(list(row), default=_json_default, ensure_ascii=False) for row in rows)
+        data = "\n".join(lines).encode("utf-8", errors="surrogateescape")
+        self.insert_data(table, columns, data, "JSONCompactEachRow")
+
+    def insert_data(self, table: str, columns: Sequence[str], data: bytes, fmt: str) -> None:
+        """Inserts pre-encoded data in ClickHouse input format ``fmt`` (e.g. ArrowStream).
+
+        Raises:
+            QueryError: the engine rejected the data.
+        """
+        if self._conn is None:
+            raise QueryError(f"chDB data directory {self.path} is closed")
+        try:
+            inserter = self._conn.send_insert(f"INSERT INTO {table} ({', '.join(columns)})", fmt)
+            try:
+                inserter.append(data)
+                inserter.finish()
+            except BaseException:
+                inserter.cancel()
+                raise
+        except Exception as exc:
+            where = f"chDB {self.path}/{self.database}"
+            raise QueryError(
+                f"insert into {table} failed on {where}: {_first_line(exc)}", code=_chdb_code(exc)
+            ) from exc
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+
+def _identifier(name: str) -> str:
+    if not name.replace("_", "").isalnum():
+        raise QueryError(f"not a plain database name: {name!r}")
+    return name
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="surrogateescape")
+    if isinstance(value, datetime | date):
+        return value.isoformat(sep=" ") if isinstance(value, datetime) else value.isoformat()
+    raise TypeError(f"cannot insert a {type(value).__name__}")
+
+
+def _parse_int(text: str) -> int | float:
+    # ClickHouse writes the Float64 -0.0 as "-0"; only a float can be negative zero.
+    return -0.0 if text == "-0" else int(text)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _chdb_code(exc: BaseException) -> int | None:
+    text = str(exc)
+    marker = "Code: "
+    start = text.find(marker)
+    if start < 0:
+        return None
+    digits = ""
+    for char in text[start + len(marker) :]:
+        if not char.isdigit():
+            break
+        digits += char
+    return int(digits) if digits else None
