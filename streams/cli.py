@@ -7,6 +7,7 @@ import typer
 from schemas.cli import schemas_app
 from streams import __version__
 from streams.runtime.db_cli import db_app, query_command
+from streams.runtime.replay_cli import replay_command
 from streams.runtime.topics_cli import topics_app
 from streams.simulate.cli import simulate
 
@@ -21,6 +22,7 @@ app.add_typer(schemas_app, name="schemas")
 app.command("simulate")(simulate)
 app.add_typer(db_app, name="db")
 app.command("query")(query_command)
+app.command("replay")(replay_command)
 
 
 def _print_version(value: bool) -> None:
