@@ -41,7 +41,7 @@ test: venv ## Install what is missing, start the services, run every test, stop 
 	@status=0; \
 	$(MAKE) --no-print-directory up || status=$$?; \
 	if [ $$status -eq 0 ]; then \
-		$(BIN)/pytest -q tests/unit tests/integration || status=$$?; \
+		$(BIN)/pytest -q tests/unit tests/golden tests/integration || status=$$?; \
 	else \
 		echo "make test: a service failed to start; logs are under .imgov/logs/" >&2; \
 	fi; \
@@ -49,7 +49,7 @@ test: venv ## Install what is missing, start the services, run every test, stop 
 	exit $$status
 
 unit: venv ## Run the unit tests only (no servers)
-	$(BIN)/pytest -q tests/unit
+	$(BIN)/pytest -q tests/unit tests/golden
 
 integration: venv ## Run the integration tests against running services (make up first)
 	$(BIN)/pytest -q tests/integration

@@ -17,18 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from schemas.events import Event
 from schemas.records import Breach, DeadLetter, KpiValue, LineageRecord, ReviewCandidate
 from streams.core.aggregator import KpiAggregator
+from streams.core.breach import BreachEvaluator
 from streams.core.config import LineageConfig
 from streams.core.kpi_config import KpiConfig
 from streams.core.lineage import JoinOutput, LineageJoiner, LineageRevision
 from streams.core.lineage_store import StudyStore
-
-if TYPE_CHECKING:
-    from streams.core.breach import BreachEvaluator
 
 __all__ = ["GovernanceProcessor", "ProcessorOutput", "review_candidate_for"]
 

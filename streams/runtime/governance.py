@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.errors import ImgovError
 from schemas.validation import EventValidator
+from streams.core.breach import BreachEvaluator, BreachPolicy
 from streams.core.config import DAY_MS, AlgorithmEligibility, LineageConfig
 from streams.core.kpi_config import KpiConfig
 from streams.core.pipeline import GovernanceProcessor
@@ -156,10 +157,8 @@ def lineage_config(settings: GovernanceSettings) -> LineageConfig:
 
 def build_processor(settings: GovernanceSettings) -> GovernanceProcessor:
     """Returns a fresh core: join, KPI windows and the breach policy of ``settings``."""
-    from streams.core.breach import BreachEvaluator, load_policy
-
     try:
-        policy = load_policy(settings.breach_policy)
+        policy = BreachPolicy.from_toml(settings.breach_policy.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ConfigurationError(
             f"cannot load the breach policy {settings.breach_policy}: {exc}"
