@@ -81,6 +81,13 @@ def replay_command(
     chunk_size: Annotated[int, typer.Option(min=1, help="Events joined as one batch.")] = (
         DEFAULT_CHUNK_SIZE
     ),
+    current: Annotated[
+        bool,
+        typer.Option(
+            "--current/--final-only",
+            help="Also emit current (not yet final) KPI values, as a live worker does.",
+        ),
+    ] = False,
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")
     ] = True,
@@ -93,6 +100,11 @@ def replay_command(
     """
     try:
         settings = load_settings(config, demo=demo)
+        if not current:
+            # Offline, event time runs far ahead of any reader: provisional values
+            # would only add volume. Final values are the same either way.
+            kpi = settings.kpi.model_copy(update={"emit_interval_ms": None})
+            settings = settings.model_copy(update={"kpi": kpi})
         processor = build_processor(settings)
         validator = build_validator(settings)
         sinks: list[Sink] = []
