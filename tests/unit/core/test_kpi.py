@@ -154,3 +154,18 @@ def test_summaries() -> None:
     assert summarise_durations({}, 1.02) is None
     durations = summarise_durations({10: 3}, 1.02)
     assert durations is not None and durations[1] == 3.0 and durations[2] == durations[5]
+
+
+def test_kpi_value_built_without_validation_equals_the_validated_model() -> None:
+    from schemas.records import KpiValue
+    from streams.core.kpi import kpi_value
+
+    for summary in [
+        (3, 4, 0.75, 0.3, 0.95, None, None),
+        (None, 12, 5000.0, None, None, 5000.0, 9000.0),
+    ]:
+        built = kpi_value(0, 1, 86_400_000, ("site-01", "ich-detect", "*", "ICH"), 2, True, summary)
+        assert built == KpiValue.model_validate(built.model_dump())
+        validated = KpiValue.model_validate(built.model_dump())
+        for name in KpiValue.model_fields:
+            assert type(getattr(built, name)) is type(getattr(validated, name)), name
