@@ -36,7 +36,7 @@ from streams.core.pipeline import GovernanceProcessor, ProcessorOutput
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "ReplayStats", "dead_letter_for", "replay"]
 
-DEFAULT_CHUNK_SIZE = 2_000
+DEFAULT_CHUNK_SIZE = 500
 """Events joined as one batch. Outputs depend on it only in how many intermediate
 lineage revisions appear; final lineage and final KPI values do not."""
 
