@@ -61,5 +61,8 @@ lint: venv ## Ruff and mypy (strict on the pure core and the contracts)
 bench: venv ## Run the benchmarks; results are appended to .imgov/bench/results.jsonl
 	@for b in tests/benchmarks/bench_*.py; do m=$${b%.py}; echo "== $$m"; $(BIN)/python -m $${m//\//.} || exit $$?; done
 
+demo: venv ## Simulate 90 days x 3 sites, replay into chDB (.imgov/demo), write .imgov/report.html
+	$(BIN)/imgov demo
+
 clean: down ## Stop the services and delete their state and the virtualenv
 	rm -rf .imgov/services $(VENV)
