@@ -26,42 +26,102 @@ def uid(letter: str) -> str:
     return f"1.2.826.0.1.3680043.10.1.20260302.{ord(letter)}"
 
 
-def inference(eid: str, study: str, at: int, *, algo: str = "ich", score: float | None, result: str,
-              status: str = "SUCCEEDED", failure: str | None = None) -> dict[str, Any]:
+def inference(
+    eid: str,
+    study: str,
+    at: int,
+    *,
+    algo: str = "ich",
+    score: float | None,
+    result: str,
+    status: str = "SUCCEEDED",
+    failure: str | None = None,
+) -> dict[str, Any]:
     name, version, finding, part = {
         "ich": ("ich-detect", "2.3.1", "ICH", "HEAD"),
         "pe": ("pe-detect", "1.8.0", "PE", "CHEST"),
     }[algo]
     return {
-        "event_type": "inference", "event_id": eid, "occurred_at_ms": at, "site_id": SITE,
-        "study_uid": uid(study), "accession_number": f"ACC-{study}", "patient_id": f"PAT-{study}",
-        "modality": "CT", "body_part": part, "manufacturer": "SIEMENS", "algorithm_name": name,
-        "algorithm_version": version, "finding_code": finding, "status": status,
-        "failure_reason": failure, "score": score, "threshold": 0.5, "result": result,
-        "study_available_at_ms": at - 3 * MIN, "started_at_ms": at - 2 * MIN, "completed_at_ms": at,
+        "event_type": "inference",
+        "event_id": eid,
+        "occurred_at_ms": at,
+        "site_id": SITE,
+        "study_uid": uid(study),
+        "accession_number": f"ACC-{study}",
+        "patient_id": f"PAT-{study}",
+        "modality": "CT",
+        "body_part": part,
+        "manufacturer": "SIEMENS",
+        "algorithm_name": name,
+        "algorithm_version": version,
+        "finding_code": finding,
+        "status": status,
+        "failure_reason": failure,
+        "score": score,
+        "threshold": 0.5,
+        "result": result,
+        "study_available_at_ms": at - 3 * MIN,
+        "started_at_ms": at - 2 * MIN,
+        "completed_at_ms": at,
     }
 
 
-def alert(eid: str, study: str, at: int, state: str, *, inference_id: str,
-          channel: str = "WORKLIST_REPRIORITISATION") -> dict[str, Any]:
+def alert(
+    eid: str,
+    study: str,
+    at: int,
+    state: str,
+    *,
+    inference_id: str,
+    channel: str = "WORKLIST_REPRIORITISATION",
+) -> dict[str, Any]:
     return {
-        "event_type": "alert", "event_id": eid, "occurred_at_ms": at, "site_id": SITE,
-        "study_uid": uid(study), "alert_id": f"AL-{study}", "inference_event_id": inference_id,
-        "algorithm_name": "ich-detect", "algorithm_version": "2.3.1", "finding_code": "ICH",
-        "state": state, "channel": channel, "recipient_role": "NEURORADIOLOGIST",
-        "recipient_id": "RAD-7", "priority_before": "ROUTINE", "priority_after": "STAT",
+        "event_type": "alert",
+        "event_id": eid,
+        "occurred_at_ms": at,
+        "site_id": SITE,
+        "study_uid": uid(study),
+        "alert_id": f"AL-{study}",
+        "inference_event_id": inference_id,
+        "algorithm_name": "ich-detect",
+        "algorithm_version": "2.3.1",
+        "finding_code": "ICH",
+        "state": state,
+        "channel": channel,
+        "recipient_role": "NEURORADIOLOGIST",
+        "recipient_id": "RAD-7",
+        "priority_before": "ROUTINE",
+        "priority_after": "STAT",
         "dismiss_reason": None,
     }
 
 
-def report(eid: str, study: str, at: int, status: str, labels: dict[str, str], *,
-           part: str = "HEAD", report_id: str | None = None) -> dict[str, Any]:
+def report(
+    eid: str,
+    study: str,
+    at: int,
+    status: str,
+    labels: dict[str, str],
+    *,
+    part: str = "HEAD",
+    report_id: str | None = None,
+) -> dict[str, Any]:
     return {
-        "event_type": "report", "event_id": eid, "occurred_at_ms": at, "site_id": SITE,
-        "study_uid": uid(study), "accession_number": f"ACC-{study}", "patient_id": f"PAT-{study}",
-        "modality": "CT", "body_part": part, "procedure_code": None,
-        "report_id": report_id or f"RPT-{study}", "parent_report_id": None, "status": status,
-        "hl7_result_status": status[0], "interpreter_id": "RAD-7",
+        "event_type": "report",
+        "event_id": eid,
+        "occurred_at_ms": at,
+        "site_id": SITE,
+        "study_uid": uid(study),
+        "accession_number": f"ACC-{study}",
+        "patient_id": f"PAT-{study}",
+        "modality": "CT",
+        "body_part": part,
+        "procedure_code": None,
+        "report_id": report_id or f"RPT-{study}",
+        "parent_report_id": None,
+        "status": status,
+        "hl7_result_status": status[0],
+        "interpreter_id": "RAD-7",
         "exam_completed_at_ms": T if study < "H" else T + 32 * DAY,
         "findings": [
             {"finding_code": code, "label": label, "label_method": "STRUCTURED"}
@@ -86,10 +146,22 @@ def stories() -> list[dict[str, Any] | str]:
         "this line is not JSON",
         # B: false positive on a channel nobody answers: a review candidate.
         b_inf,
-        alert("B-al-raised", "B", T + HOUR + MIN, "RAISED", inference_id="B-inf",
-              channel="MOBILE_PUSH"),
-        alert("B-al-expired", "B", T + 2 * HOUR, "EXPIRED", inference_id="B-inf",
-              channel="MOBILE_PUSH"),
+        alert(
+            "B-al-raised",
+            "B",
+            T + HOUR + MIN,
+            "RAISED",
+            inference_id="B-inf",
+            channel="MOBILE_PUSH",
+        ),
+        alert(
+            "B-al-expired",
+            "B",
+            T + 2 * HOUR,
+            "EXPIRED",
+            inference_id="B-inf",
+            channel="MOBILE_PUSH",
+        ),
         report("B-rep-final", "B", T + HOUR + 40 * MIN, "FINAL", {"ICH": "ABSENT"}),
         # C: PE read negative by AI and report; an addendum two days later finds PE.
         inference("C-inf", "C", T + 3 * HOUR, algo="pe", score=0.21, result="NEGATIVE"),
@@ -98,8 +170,15 @@ def stories() -> list[dict[str, Any] | str]:
         # D: an eligible head CT reported without any inference: NO_AI_RESULT (coverage).
         report("D-rep-final", "D", T + 5 * HOUR, "FINAL", {"ICH": "ABSENT"}),
         # E: the AI timed out.
-        inference("E-inf", "E", T + 6 * HOUR, score=None, result="NOT_APPLICABLE",
-                  status="TIMED_OUT", failure="no GPU available within 600 s"),
+        inference(
+            "E-inf",
+            "E",
+            T + 6 * HOUR,
+            score=None,
+            result="NOT_APPLICABLE",
+            status="TIMED_OUT",
+            failure="no GPU available within 600 s",
+        ),
         report("E-rep-final", "E", T + 7 * HOUR, "FINAL", {"ICH": "ABSENT"}),
         # F: true negative whose report arrives three days late.
         inference("F-inf", "F", T + 8 * HOUR, score=0.05, result="NEGATIVE"),

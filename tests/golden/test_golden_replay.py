@@ -109,7 +109,11 @@ def test_the_stories_end_as_reviewed(outputs: Path) -> None:
     assert b["alert_final_state"] == "EXPIRED" and not b["interacted"]
 
     c = latest[("C", "pe-detect")]
-    assert (c["outcome"], c["addendum_count"], c["report_label"]) == ("FALSE_NEGATIVE", 1, "PRESENT")
+    assert (c["outcome"], c["addendum_count"], c["report_label"]) == (
+        "FALSE_NEGATIVE",
+        1,
+        "PRESENT",
+    )
     assert latest[("D", "ich-detect")]["outcome"] == "NO_AI_RESULT"
     assert latest[("E", "ich-detect")]["outcome"] == "AI_FAILED"
     assert latest[("F", "ich-detect")]["outcome"] == "TRUE_NEGATIVE"
@@ -131,7 +135,9 @@ def test_every_invalid_line_is_a_dead_letter_with_its_bytes(outputs: Path) -> No
         ("VALIDATION_FAILED", 2),
     ]
     raw_lines = INPUT.read_bytes().splitlines()
-    for letter in by_reason["UNDECODABLE"] + by_reason["UNKNOWN_SCHEMA"] + by_reason["VALIDATION_FAILED"]:
+    for letter in (
+        by_reason["UNDECODABLE"] + by_reason["UNKNOWN_SCHEMA"] + by_reason["VALIDATION_FAILED"]
+    ):
         line = raw_lines[letter["source_offset"] - 1]
         assert base64.b64decode(letter["value"]) == line
     (late,) = by_reason["LATE_AFTER_EVICTION"]
@@ -140,11 +146,17 @@ def test_every_invalid_line_is_a_dead_letter_with_its_bytes(outputs: Path) -> No
 
 def test_final_kpis_count_each_study_once(outputs: Path) -> None:
     finals = [
-        k for k in _lines(outputs / "kpi.jsonl")
+        k
+        for k in _lines(outputs / "kpi.jsonl")
         if k["final"] and k["site_id"] == "site-01" and k["algorithm_version"] == "*"
     ]
-    ppv = [k for k in finals if k["kpi"] == "alert_ppv" and k["window_size"] == "30d"
-           and k["algorithm_name"] == "ich-detect"]
+    ppv = [
+        k
+        for k in finals
+        if k["kpi"] == "alert_ppv"
+        and k["window_size"] == "30d"
+        and k["algorithm_name"] == "ich-detect"
+    ]
     # Day one's 30-day windows hold A (TP) and B (FP): PPV 1/2.
     first = min(ppv, key=lambda k: k["window_end_ms"])
     assert (first["numerator"], first["denominator"], first["value"]) == (1, 2, 0.5)
