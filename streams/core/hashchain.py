@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
+from _json import make_encoder
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from json.encoder import encode_basestring
 
 from schemas.records import LineageRecord
 
@@ -63,9 +66,54 @@ def hash_fields(fields: Mapping[str, object]) -> str:
     """Returns the SHA-256 hex of the canonical JSON of ``fields``.
 
     Called by the joiner on the fields it is about to build a record from (all of
-    them except ``record_hash``), which saves dumping the record again.
+    them except ``record_hash``), which saves dumping the record again; those take
+    the faster path of :func:`_record_json`, with the same bytes.
     """
-    return hashlib.sha256(canonical_json(fields)).hexdigest()
+    return hashlib.sha256(_record_json(fields) or canonical_json(fields)).hexdigest()
+
+
+# --- the joiner's path -------------------------------------------------------------------
+#
+# The canonical JSON of a record's fields costs more than the rest of a revision. Most of
+# that is the generic encoder's work on the keys: sorting the items and escaping every
+# key again. The keys are known, so their text is made once here and only the values
+# are encoded, in one call of the same C encoder (so each value's text is the one
+# canonical_json writes), as a list whose items are split apart on a separator that
+# cannot occur in JSON text: the encoder escapes every control character inside strings.
+
+_HASHED_FIELDS = tuple(sorted(set(LineageRecord.model_fields) - {"record_hash"}))
+_hashed_values = operator.itemgetter(*_HASHED_FIELDS)
+_KEY_TEXTS = tuple(
+    ("{" if i == 0 else ",") + encode_basestring(name) + ":"
+    for i, name in enumerate(_HASHED_FIELDS)
+)
+_SEPARATOR = "\x00"
+_LIST_FIELD = _HASHED_FIELDS.index("event_ids")
+"""The one field whose value is itself a list: encoded apart, since its items would be
+split on the separator too."""
+_values_encoder = make_encoder(
+    None, _CANONICAL.default, encode_basestring, None, ":", _SEPARATOR, False, False, True
+)
+_compact_encoder = make_encoder(
+    None, _CANONICAL.default, encode_basestring, None, ":", ",", False, False, True
+)
+
+
+def _record_json(fields: Mapping[str, object]) -> bytes | None:
+    """Returns ``canonical_json(fields)`` for exactly a record's hashed fields, else None."""
+    if len(fields) != len(_KEY_TEXTS):
+        return None
+    try:
+        values = list(_hashed_values(fields))
+    except KeyError:
+        return None  # other fields than a record's
+    nested = values[_LIST_FIELD]
+    values[_LIST_FIELD] = None
+    texts = "".join(_values_encoder(values, 0))[1:-1].split(_SEPARATOR)
+    if len(texts) != len(_KEY_TEXTS):
+        return None  # another value held a list or mapping of several items
+    texts[_LIST_FIELD] = "".join(_compact_encoder(nested, 0))
+    return ("".join(map(operator.add, _KEY_TEXTS, texts)) + "}").encode()
 
 
 def record_hash(record: LineageRecord) -> str:

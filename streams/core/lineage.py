@@ -39,22 +39,24 @@ from collections.abc import Iterable, Iterator
 from schemas.events import Event
 from schemas.records import DeadLetter, DeadLetterReason, LineageRecord
 from streams.core.config import LineageConfig
-from streams.core.hashchain import hash_fields
 from streams.core.lineage_expiry import ExpiryIndex
-from streams.core.lineage_fold import fold_event
+from streams.core.lineage_fold import StudyBuilder, StudyFolder
 from streams.core.lineage_output import (
     EMPTY_OUTPUT,
     JoinOutput,
     LineageRevision,
     build_record,
+    chain_record,
     event_json_bytes,
 )
-from streams.core.lineage_state import RowKey, RowMeta, RowState, StudyKey, StudyState
+from streams.core.lineage_state import RowKey, RowMeta, StudyFacts, StudyKey, StudyState
 from streams.core.lineage_store import InMemoryStudyStore, StudyStore
 from streams.core.outcome import RecordContent, derive_contents
 from streams.core.pseudonym import Pseudonymiser
 
 __all__ = ["JoinOutput", "LineageJoiner", "LineageRevision", "event_json_bytes"]
+
+_NO_RECORDS: dict[RowKey, LineageRecord] = {}
 
 
 class LineageJoiner:
@@ -64,9 +66,9 @@ class LineageJoiner:
         config: the join's settings (retention, eligibility, pseudonym key).
         store: where study states live; an :class:`InMemoryStudyStore` by default. The
             expiry index is rebuilt from it here.
-        recent_studies: how many recently changed studies keep their derived record
-            content in memory, so the next event for one of them need not derive the
-            *old* records again. A cache only: any size, 0 included, gives the same
+        recent_studies: how many recently changed studies keep the last revision of
+            their rows in memory, so the next event for one of them need not derive
+            the *old* records again. A cache only: any size, 0 included, gives the same
             outputs.
     """
 
@@ -83,9 +85,10 @@ class LineageJoiner:
             config.pseudonym_key.get_secret_value(),
             pseudonymise_study_uid=config.pseudonymise_study_uid,
         )
+        self._folder = StudyFolder(self._pseudonymiser, config)
         self._index = ExpiryIndex()
         self._watermark_ms: int | None = None
-        self._recent: OrderedDict[StudyKey, tuple[StudyState, dict[RowKey, RecordContent]]] = (
+        self._recent: OrderedDict[StudyKey, tuple[StudyState, dict[RowKey, LineageRecord]]] = (
             OrderedDict()
         )
         self._recent_studies = recent_studies
@@ -139,37 +142,38 @@ class LineageJoiner:
             the dead letters, in input order.
         """
         dead_letters: list[DeadLetter] = []
-        # study -> (contents before the batch, state so far)
-        touched: dict[StudyKey, tuple[dict[RowKey, RecordContent], StudyState]] = {}
+        drafts: dict[StudyKey, StudyBuilder] = {}
+        study_uid = self._pseudonymiser.study_uid if self._config.pseudonymise_study_uid else None
+        max_events = self._config.max_events_per_study
         for event in events:
-            key = (event.site_id, self._pseudonymiser.study_uid(event.study_uid))
-            pending = touched.get(key)
-            state = pending[1] if pending is not None else self._store.get(key)
-            refusal = self._refusal(event, state)
-            if refusal is not None:
-                dead_letters.append(self._dead_letter(event, key, *refusal))
+            uid = event.study_uid if study_uid is None else study_uid(event.study_uid)
+            key = (event.site_id, uid)
+            draft = drafts.get(key)
+            if draft is None:
+                state = self._store.get(key)
+                refusal = self._refusal(event, state)
+                if refusal is not None:
+                    dead_letters.append(self._dead_letter(event, key, *refusal))
+                    continue
+                if state is not None and state.has_event(event.event_id):
+                    continue  # a duplicate changes nothing
+                draft = drafts[key] = self._folder.begin(state, event.occurred_at_ms)
+            elif event.event_id in draft.event_ids:
                 continue
-            if state is not None and state.has_event(event.event_id):
-                continue  # a duplicate changes nothing
-            if pending is not None:
-                old_contents = pending[0]
-            elif state is not None:
-                old_contents = self._contents(key, state)
-            else:
-                old_contents = {}
-            base = state if state is not None else StudyState(last_event_ms=event.occurred_at_ms)
-            touched[key] = (
-                old_contents,
-                fold_event(base, event, self._pseudonymiser, self._config),
-            )
+            elif len(draft.event_ids) >= max_events:
+                dead_letters.append(self._dead_letter(event, key, *self._oversized()))
+                continue
+            draft.add(event)
         revisions: list[LineageRevision] = []
-        for key, (old_contents, state) in touched.items():
-            new_contents = derive_contents(key[0], key[1], state)
-            changed, state = self._revise(old_contents, state, new_contents)
-            revisions.extend(changed)
+        for key, draft in drafts.items():
+            changed = draft.changed_rows()
+            new_contents = derive_contents(key[0], key[1], draft, rows=changed)
+            old_records = self._emitted(key, draft.base, changed)
+            emitted, latest = self._revise(old_records, draft, new_contents, revisions)
+            state = draft.build(emitted)
             self._store.put(key, state)
             self._index.schedule(key, self._due_ms(state))
-            self._remember(key, state, new_contents)
+            self._remember(key, state, old_records, latest)
         if not revisions and not dead_letters:
             return EMPTY_OUTPUT
         return JoinOutput(revisions=tuple(revisions), dead_letters=tuple(dead_letters))
@@ -177,7 +181,7 @@ class LineageJoiner:
     def _refusal(
         self, event: Event, state: StudyState | None
     ) -> tuple[DeadLetterReason, str] | None:
-        """Returns why an event cannot join its study, or None when it can."""
+        """Returns why an event cannot join its stored study, or None when it can."""
         if state is not None and state.evicted_at_ms is not None:
             return (
                 DeadLetterReason.LATE_AFTER_EVICTION,
@@ -197,75 +201,89 @@ class LineageJoiner:
         if state.event_count() >= self._config.max_events_per_study and not state.has_event(
             event.event_id
         ):
-            return (
-                DeadLetterReason.OVERSIZED,
-                f"study already has max_events_per_study={self._config.max_events_per_study}"
-                " events",
-            )
+            return self._oversized()
         return None
 
-    def _contents(self, key: StudyKey, state: StudyState) -> dict[RowKey, RecordContent]:
-        """Returns the record content of a stored state: cached, or derived again."""
+    def _oversized(self) -> tuple[DeadLetterReason, str]:
+        return (
+            DeadLetterReason.OVERSIZED,
+            f"study already has max_events_per_study={self._config.max_events_per_study} events",
+        )
+
+    def _emitted(
+        self, key: StudyKey, state: StudyState | None, rows: list[RowKey] | None
+    ) -> dict[RowKey, LineageRecord]:
+        """Returns the last revision emitted for rows of a stored state (all when None).
+
+        From the cache of recent studies, else rebuilt from the state: its facts give
+        the content and its rows' chain positions the rest. The result may hold more
+        rows than asked for; it must not be changed (it may be the cache's).
+        """
+        if state is None:
+            return {}
         cached = self._recent.get(key)
         # Identity is the fast check (in-memory store); equality covers stores that
         # decode a fresh copy, and a store changed behind the joiner's back.
-        if cached is not None and (cached[0] is state or cached[0] == state):
-            return cached[1]
-        return derive_contents(key[0], key[1], state)
-
-    def _remember(
-        self, key: StudyKey, state: StudyState, contents: dict[RowKey, RecordContent]
-    ) -> None:
-        if self._recent_studies <= 0:
-            return
-        self._recent[key] = (state, contents)
-        self._recent.move_to_end(key)
-        if len(self._recent) > self._recent_studies:
-            self._recent.popitem(last=False)
+        known = (
+            cached[1]
+            if cached is not None and (cached[0] is state or cached[0] == state)
+            else _NO_RECORDS
+        )
+        wanted = state.rows if rows is None else rows
+        missing = [k for k in wanted if k not in known and k in state.rows]
+        if not missing:
+            return known
+        records = dict(known)
+        for row_key, content in derive_contents(key[0], key[1], state, rows=missing).items():
+            meta = state.rows[row_key].emitted
+            if meta is not None:
+                records[row_key] = build_record(content, meta)
+        return records
 
     def _revise(
         self,
-        old_contents: dict[RowKey, RecordContent],
-        new_state: StudyState,
+        old_records: dict[RowKey, LineageRecord],
+        facts: StudyFacts,
         new_contents: dict[RowKey, RecordContent],
-    ) -> tuple[tuple[LineageRevision, ...], StudyState]:
-        """Returns a revision per changed row, and the state with their chain positions."""
-        revisions: list[LineageRevision] = []
-        rows = dict(new_state.rows)
+        out: list[LineageRevision],
+    ) -> tuple[dict[RowKey, RowMeta], dict[RowKey, LineageRecord]]:
+        """Appends a revision per changed row to ``out``.
+
+        Returns:
+            The new chain positions of those rows, and their new records.
+        """
+        emitted: dict[RowKey, RowMeta] = {}
+        latest: dict[RowKey, LineageRecord] = {}
         for row_key, content in new_contents.items():
-            old_content = old_contents.get(row_key)
-            if old_content == content:
+            old = old_records.get(row_key)
+            # The content is a subset of the record's fields: equal on all of them?
+            if old is not None and content.items() <= old.__dict__.items():
                 continue
-            meta = rows[row_key].emitted
-            old = None
-            if old_content is not None and meta is not None:
-                old = build_record(old_content, meta)
-            revision = 1 if meta is None else meta.revision + 1
-            prev_hash = None if meta is None else meta.record_hash
-            chained: dict[str, object] = {**content, "revision": revision, "prev_hash": prev_hash}
-            new_meta = RowMeta(revision, prev_hash, hash_fields(chained))
-            row = rows[row_key]
-            rows[row_key] = RowState(
-                row.inferences,
-                row.alerts,
-                row.alert_versions,
-                row.alert_inference_ids,
-                row.eligible,
-                new_meta,
-            )
-            revisions.append(LineageRevision(old=old, new=build_record(content, new_meta)))
-        if not revisions:
-            return (), new_state
-        revised = StudyState(
-            new_state.last_event_ms,
-            new_state.patient_ref,
-            new_state.accession_ref,
-            new_state.reports,
-            rows,
-            new_state.evicted_at_ms,
-            new_state.event_ids,
-        )
-        return tuple(revisions), revised
+            meta = facts.rows[row_key].emitted
+            if meta is None:
+                record = chain_record(content, 1, None)
+                old = None
+            else:
+                record = chain_record(content, meta.revision + 1, meta.record_hash)
+            emitted[row_key] = RowMeta(record.revision, record.prev_hash, record.record_hash)
+            latest[row_key] = record
+            out.append(LineageRevision(old=old, new=record))
+        return emitted, latest
+
+    def _remember(
+        self,
+        key: StudyKey,
+        state: StudyState,
+        old_records: dict[RowKey, LineageRecord],
+        latest: dict[RowKey, LineageRecord],
+    ) -> None:
+        """Caches the last revision of the rows of a study that were at hand."""
+        if self._recent_studies <= 0:
+            return
+        self._recent[key] = (state, {**old_records, **latest})
+        self._recent.move_to_end(key)
+        if len(self._recent) > self._recent_studies:
+            self._recent.popitem(last=False)
 
     # --- event time -----------------------------------------------------------------
 
@@ -298,14 +316,15 @@ class LineageJoiner:
         return JoinOutput(revisions=tuple(revisions)) if revisions else EMPTY_OUTPUT
 
     def _evict(self, key: StudyKey, state: StudyState, watermark_ms: int) -> list[LineageRevision]:
-        old_contents = self._contents(key, state)
+        old_records = self._emitted(key, state, None)
         self._recent.pop(key, None)
         expired_contents = derive_contents(key[0], key[1], state, expired=True)
-        revisions, _ = self._revise(old_contents, state, expired_contents)
+        revisions: list[LineageRevision] = []
+        self._revise(old_records, state, expired_contents, revisions)
         tombstone = StudyState(last_event_ms=state.last_event_ms, evicted_at_ms=watermark_ms)
         self._store.put(key, tombstone)
         self._index.schedule(key, self._due_ms(tombstone))
-        return list(revisions)
+        return revisions
 
     def _due_ms(self, state: StudyState) -> int:
         if state.evicted_at_ms is not None:

@@ -11,10 +11,18 @@ from dataclasses import dataclass
 
 from schemas.events import Event
 from schemas.records import DeadLetter, LineageRecord
+from streams.core.hashchain import hash_fields
 from streams.core.lineage_state import RowMeta
 from streams.core.outcome import RecordContent
 
-__all__ = ["EMPTY_OUTPUT", "JoinOutput", "LineageRevision", "build_record", "event_json_bytes"]
+__all__ = [
+    "EMPTY_OUTPUT",
+    "JoinOutput",
+    "LineageRevision",
+    "build_record",
+    "chain_record",
+    "event_json_bytes",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,26 +73,70 @@ def event_json_bytes(event: Event) -> bytes:
 
 
 _RECORD_FIELDS = tuple(LineageRecord.model_fields)
+_CONTENT_FIELDS = tuple(RecordContent.__annotations__)
+# Records keep their fields in declaration order, as validation would: serialisers follow
+# the order of __dict__. The content of a row (outcome.derive_contents) comes in the
+# order of RecordContent, which is that of the record without the chain fields; two of
+# those sit among the content, where the fast path below puts them.
+_IN_FIELD_ORDER = (
+    *_CONTENT_FIELDS[:-1],
+    "revision",
+    _CONTENT_FIELDS[-1],
+    "prev_hash",
+    "record_hash",
+) == _RECORD_FIELDS
+_LAST_CONTENT_FIELD = _CONTENT_FIELDS[-1]
+_new_record = LineageRecord.__new__
+_set = object.__setattr__
+# Every record sets every field, so all share one fields-set: pydantic only reads it, or
+# copies it before a change (model_copy), and adding a field it holds changes nothing.
+_ALL_FIELDS_SET = set(_RECORD_FIELDS)
 
 
 def build_record(content: RecordContent, meta: RowMeta) -> LineageRecord:
-    """Builds a record from content this module derived from validated events.
+    """Builds the record of a revision from content this module derived from validated events.
 
     What ``model_construct`` does, without its per-field alias handling, which costs
     more than the rest of the join for a 47-field record. A unit test checks the result
     equals the validated record.
     """
-    merged: dict[str, object] = {
-        **content,
-        "revision": meta.revision,
-        "prev_hash": meta.prev_hash,
-        "record_hash": meta.record_hash,
-    }
-    # In field order, as validation would: serialisers follow the order of __dict__.
-    values = {name: merged[name] for name in _RECORD_FIELDS}
-    record = LineageRecord.__new__(LineageRecord)
-    object.__setattr__(record, "__dict__", values)
-    object.__setattr__(record, "__pydantic_fields_set__", set(_RECORD_FIELDS))
-    object.__setattr__(record, "__pydantic_extra__", None)
-    object.__setattr__(record, "__pydantic_private__", None)
+    return _record(_chain_fields(content, meta.revision, meta.prev_hash), meta.record_hash)
+
+
+def chain_record(content: RecordContent, revision: int, prev_hash: str | None) -> LineageRecord:
+    """Builds a new revision of a row: its ``record_hash`` is computed here.
+
+    Args:
+        content: the row's new content (``outcome.derive_contents``).
+        revision: 1 for a new row, else the previous revision + 1.
+        prev_hash: the ``record_hash`` of the previous revision, None for revision 1.
+    """
+    fields = _chain_fields(content, revision, prev_hash)
+    return _record(fields, hash_fields(fields))
+
+
+def _chain_fields(
+    content: RecordContent, revision: int, prev_hash: str | None
+) -> dict[str, object]:
+    # Every field but record_hash, in field order: what the hash covers. Contents come
+    # in RecordContent order (a unit test checks derive_contents keeps it).
+    fields: dict[str, object] = dict(content)
+    if _IN_FIELD_ORDER:
+        last = fields.pop(_LAST_CONTENT_FIELD)
+        fields["revision"] = revision
+        fields[_LAST_CONTENT_FIELD] = last
+        fields["prev_hash"] = prev_hash
+        return fields
+    fields["revision"] = revision
+    fields["prev_hash"] = prev_hash
+    return {name: fields[name] for name in _RECORD_FIELDS if name != "record_hash"}
+
+
+def _record(fields: dict[str, object], record_hash: str) -> LineageRecord:
+    fields["record_hash"] = record_hash
+    record = _new_record(LineageRecord)
+    _set(record, "__dict__", fields)
+    _set(record, "__pydantic_fields_set__", _ALL_FIELDS_SET)
+    _set(record, "__pydantic_extra__", None)
+    _set(record, "__pydantic_private__", None)
     return record

@@ -24,8 +24,8 @@ they arrived in, which is what makes the join deterministic:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TypedDict
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple, TypedDict
 
 from schemas.events import (
     AlertChannel,
@@ -42,9 +42,9 @@ from streams.core.lineage_state import (
     FindingFact,
     InferenceFact,
     ReportFact,
+    RowFacts,
     RowKey,
-    RowState,
-    StudyState,
+    StudyFacts,
 )
 
 __all__ = [
@@ -143,6 +143,27 @@ _ALERT_PRECEDENCE = {
     )
 }
 
+# Enum members used on the hot path, as module constants: in Python 3.11 reading a
+# member off its enum class costs several times a global lookup, and these run for
+# every row of every revision.
+_RAISED, _DELIVERED, _DISMISSED, _ESCALATED = (
+    AlertState.RAISED,
+    AlertState.DELIVERED,
+    AlertState.DISMISSED,
+    AlertState.ESCALATED,
+)
+_OTHER_CHANNEL = AlertChannel.OTHER
+_PRELIMINARY = ReportStatus.PRELIMINARY
+_SUCCEEDED = InferenceStatus.SUCCEEDED
+_POSITIVE, _NEGATIVE = InferenceResult.POSITIVE, InferenceResult.NEGATIVE
+_PRESENT, _ABSENT, _NO_LABEL = ReportLabel.PRESENT, ReportLabel.ABSENT, ReportLabel.NONE
+_OPEN, _COMPLETE = Completeness.OPEN, Completeness.COMPLETE
+_EXPIRED_NO_AI, _EXPIRED_NO_REPORT = Completeness.EXPIRED_NO_AI, Completeness.EXPIRED_NO_REPORT
+_TRUE_POSITIVE, _FALSE_POSITIVE = Outcome.TRUE_POSITIVE, Outcome.FALSE_POSITIVE
+_FALSE_NEGATIVE, _TRUE_NEGATIVE = Outcome.FALSE_NEGATIVE, Outcome.TRUE_NEGATIVE
+_INDETERMINATE, _AI_FAILED = Outcome.INDETERMINATE, Outcome.AI_FAILED
+_AWAITING_REPORT, _NO_AI_RESULT = Outcome.AWAITING_REPORT, Outcome.NO_AI_RESULT
+
 _LABELS = {
     Label.PRESENT: ReportLabel.PRESENT,
     Label.ABSENT: ReportLabel.ABSENT,
@@ -150,8 +171,7 @@ _LABELS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class ReportSummary:
+class ReportSummary(NamedTuple):
     """The report side of a study, shared by all its rows."""
 
     report_id: str
@@ -170,7 +190,7 @@ class ReportSummary:
         """Returns the row's label and the finding it came from (None for NONE)."""
         finding = None if self.voided else self.findings.get(finding_code)
         if finding is None:
-            return ReportLabel.NONE, None
+            return _NO_LABEL, None
         return _LABELS[finding.label], finding
 
 
@@ -184,7 +204,7 @@ def _min(current: int | None, value: int | None) -> int | None:
 # generator per field.
 
 
-def summarise_reports(reports: tuple[ReportFact, ...]) -> ReportSummary | None:
+def summarise_reports(reports: Sequence[ReportFact]) -> ReportSummary | None:
     """Returns the report side of a study, or None when it has no report event."""
     if not reports:
         return None
@@ -211,7 +231,7 @@ def summarise_reports(reports: tuple[ReportFact, ...]) -> ReportSummary | None:
             or order > (with_body_part.occurred_at_ms, with_body_part.event_id)
         ):
             with_body_part = f
-        if f.status is ReportStatus.PRELIMINARY:
+        if f.status is _PRELIMINARY:
             prelim = _min(prelim, f.occurred_at_ms)
         exam = _min(exam, f.exam_completed_at_ms)
         critical = _min(critical, f.critical_result_communicated_at_ms)
@@ -239,8 +259,7 @@ def summarise_reports(reports: tuple[ReportFact, ...]) -> ReportSummary | None:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class AlertSummary:
+class AlertSummary(NamedTuple):
     """The alert side of one row."""
 
     raised_at_ms: int | None
@@ -252,32 +271,32 @@ class AlertSummary:
     channel: AlertChannel
 
 
-def summarise_alerts(alerts: tuple[AlertFact, ...]) -> AlertSummary | None:
+def summarise_alerts(alerts: Sequence[AlertFact]) -> AlertSummary | None:
     """Returns the alert side of a row, or None when it has no alert event."""
     if not alerts:
         return None
     raised = delivered = response = None
     dismissed = escalated = False
     final_key: tuple[int, int, str] | None = None
-    final_state = AlertState.RAISED
+    final_state = _RAISED
     channel_key: tuple[bool, int, str] | None = None
-    channel = AlertChannel.OTHER
+    channel = _OTHER_CHANNEL
     for f in alerts:
         t, state = f.occurred_at_ms, f.state
-        if state is AlertState.RAISED:
+        if state is _RAISED:
             raised = _min(raised, t)
-        elif state is AlertState.DELIVERED:
+        elif state is _DELIVERED:
             delivered = _min(delivered, t)
         elif state in RESPONSE_STATES:
             response = _min(response, t)
-            dismissed = dismissed or state is AlertState.DISMISSED
-        elif state is AlertState.ESCALATED:
+            dismissed = dismissed or state is _DISMISSED
+        elif state is _ESCALATED:
             escalated = True
         key = (t, _ALERT_PRECEDENCE[state], f.event_id)
         if final_key is None or key > final_key:
             final_key, final_state = key, state
         # The earliest RAISED event names the channel; failing that, the earliest event.
-        by_channel = (state is not AlertState.RAISED, t, f.event_id)
+        by_channel = (state is not _RAISED, t, f.event_id)
         if channel_key is None or by_channel < channel_key:
             channel_key, channel = by_channel, f.channel
     return AlertSummary(raised, delivered, response, final_state, dismissed, escalated, channel)
@@ -285,15 +304,17 @@ def summarise_alerts(alerts: tuple[AlertFact, ...]) -> AlertSummary | None:
 
 def _inference_rank(fact: InferenceFact) -> tuple[bool, int, int, str]:
     completed = fact.completed_at_ms if fact.completed_at_ms is not None else fact.occurred_at_ms
-    return (fact.status is InferenceStatus.SUCCEEDED, completed, fact.occurred_at_ms, fact.event_id)
+    return (fact.status is _SUCCEEDED, completed, fact.occurred_at_ms, fact.event_id)
 
 
-def choose_inference(row: RowState) -> InferenceFact | None:
+def choose_inference(row: RowFacts) -> InferenceFact | None:
     """Returns the inference a row reports (see the module docstring), if any."""
     pool = row.inferences
     if row.alert_inference_ids:
         referenced = tuple(f for f in pool if f.event_id in row.alert_inference_ids)
         pool = referenced or pool
+    if len(pool) == 1:  # the usual case: no re-run
+        return pool[0]
     return max(pool, key=_inference_rank) if pool else None
 
 
@@ -308,140 +329,212 @@ def classify_outcome(
         label: the report's label for the row's finding.
     """
     if inference is None:
-        return Outcome.NO_AI_RESULT if final_report else Outcome.AWAITING_REPORT
-    if inference.status is not InferenceStatus.SUCCEEDED:
-        return Outcome.AI_FAILED
+        return _NO_AI_RESULT if final_report else _AWAITING_REPORT
+    if inference.status is not _SUCCEEDED:
+        return _AI_FAILED
     if not final_report:
-        return Outcome.AWAITING_REPORT
-    if inference.result is InferenceResult.POSITIVE:
-        if label is ReportLabel.PRESENT:
-            return Outcome.TRUE_POSITIVE
-        if label is ReportLabel.ABSENT:
-            return Outcome.FALSE_POSITIVE
-    elif inference.result is InferenceResult.NEGATIVE:
-        if label is ReportLabel.PRESENT:
-            return Outcome.FALSE_NEGATIVE
-        if label is ReportLabel.ABSENT:
-            return Outcome.TRUE_NEGATIVE
-    return Outcome.INDETERMINATE
-
-
-def _diff(end: int | None, start: int | None) -> int | None:
-    return None if end is None or start is None else end - start
+        return _AWAITING_REPORT
+    if inference.result is _POSITIVE:
+        if label is _PRESENT:
+            return _TRUE_POSITIVE
+        if label is _ABSENT:
+            return _FALSE_POSITIVE
+    elif inference.result is _NEGATIVE:
+        if label is _PRESENT:
+            return _FALSE_NEGATIVE
+        if label is _ABSENT:
+            return _TRUE_NEGATIVE
+    return _INDETERMINATE
 
 
 def derive_contents(
-    site_id: str, study_uid: str, state: StudyState, *, expired: bool = False
+    site_id: str,
+    study_uid: str,
+    state: StudyFacts,
+    *,
+    expired: bool = False,
+    rows: Iterable[RowKey] | None = None,
 ) -> dict[RowKey, RecordContent]:
-    """Returns the content of every lineage record of a study.
+    """Returns the content of every lineage record of a study, by row key.
 
     Args:
         site_id: the study's site.
         study_uid: the study UID as outputs carry it (possibly pseudonymised).
-        state: the study's facts (not a tombstone).
+        state: the study's facts (a state, not a tombstone, or the joiner's draft).
         expired: whether the study is being evicted: incomplete rows then get an
             EXPIRED_* completeness.
+        rows: only these rows (those of them the state has), when given; the joiner
+            derives only the rows an event can have changed.
+
+    Returns:
+        The contents in row key order, each with its fields in RecordContent order.
     """
-    reports = summarise_reports(state.reports)
-    return {
-        key: _derive_row(site_id, study_uid, key, row, state, reports, expired)
-        for key, row in sorted(state.rows.items())
-    }
-
-
-def _derive_row(
-    site_id: str,
-    study_uid: str,
-    key: RowKey,
-    row: RowState,
-    state: StudyState,
-    reports: ReportSummary | None,
-    expired: bool,
-) -> RecordContent:
-    inference = choose_inference(row)
-    alerts = summarise_alerts(row.alerts)
-    raised = None if alerts is None else alerts.raised_at_ms
-    first_response = None if alerts is None else alerts.first_response_at_ms
-
-    label: ReportLabel | None = None
-    finding: FindingFact | None = None
-    if reports is not None:
-        label, finding = reports.label_for(key[1])
-    final_at = None if reports is None else reports.final_at_ms
-    outcome = classify_outcome(inference, final_at is not None, label)
-    interacted = first_response is not None
-    if inference is not None and final_at is not None:
-        completeness = Completeness.COMPLETE
-    elif expired:
-        completeness = (
-            Completeness.EXPIRED_NO_AI if inference is None else Completeness.EXPIRED_NO_REPORT
-        )
+    if rows is None:
+        items = sorted(state.rows.items())
     else:
-        completeness = Completeness.OPEN
+        items = [(key, state.rows[key]) for key in sorted(rows) if key in state.rows]
+    if not items:
+        return {}
+    study = _StudyFields(site_id, study_uid, state, expired)
+    return {key: study.derive_row(key, row) for key, row in items}
 
-    facts: list[InferenceFact | AlertFact | ReportFact] = [
-        *row.inferences,
-        *row.alerts,
-        *state.reports,
-    ]
-    completed = None if inference is None else inference.completed_at_ms
-    available = None if inference is None else inference.study_available_at_ms
-    version = (
-        inference.algorithm_version
-        if inference is not None
-        else (max(row.alert_versions) if row.alert_versions else None)
+
+class _StudyFields:
+    """What every row of a study shares, computed once per derivation."""
+
+    __slots__ = (
+        "expired",
+        "report_ids",
+        "report_time_ms",
+        "reports",
+        "site_id",
+        "state",
+        "study_uid",
     )
-    if inference is not None:
-        inference_event_id: str | None = inference.event_id
-    else:
-        inference_event_id = min(row.alert_inference_ids) if row.alert_inference_ids else None
-    return {
-        "site_id": site_id,
-        "study_uid": study_uid,
-        "algorithm_name": key[0],
-        "finding_code": key[1],
-        "algorithm_version": version,
-        "modality": inference.modality if inference else (reports.modality if reports else None),
-        "body_part": (
-            inference.body_part if inference else (reports.body_part if reports else None)
-        ),
-        "manufacturer": inference.manufacturer if inference else None,
-        "patient_ref": state.patient_ref,
-        "accession_ref": state.accession_ref,
-        "inference_event_id": inference_event_id,
-        "inference_status": inference.status if inference else None,
-        "failure_reason": inference.failure_reason if inference else None,
-        "score": inference.score if inference else None,
-        "threshold": inference.threshold if inference else None,
-        "ai_result": inference.result if inference else None,
-        "study_available_at_ms": available,
-        "inference_completed_at_ms": completed,
-        "alert_raised_at_ms": raised,
-        "alert_delivered_at_ms": alerts.delivered_at_ms if alerts else None,
-        "alert_first_response_at_ms": first_response,
-        "alert_final_state": alerts.final_state if alerts else None,
-        "alert_dismissed": alerts.dismissed if alerts else False,
-        "alert_escalated": alerts.escalated if alerts else False,
-        "alert_channel": alerts.channel if alerts else None,
-        "report_id": reports.report_id if reports else None,
-        "report_prelim_at_ms": reports.prelim_at_ms if reports else None,
-        "report_final_at_ms": final_at,
-        "report_status": reports.status if reports else None,
-        "report_label": label,
-        "label_method": finding.label_method if finding else None,
-        "exam_completed_at_ms": reports.exam_completed_at_ms if reports else None,
-        "addendum_count": reports.addendum_count if reports else 0,
-        "critical_result_communicated_at_ms": (
-            reports.critical_result_communicated_at_ms if reports else None
-        ),
-        "outcome": outcome,
-        "time_to_result_ms": _diff(completed, available),
-        "time_to_alert_ms": _diff(raised, completed),
-        "time_to_response_ms": _diff(first_response, raised),
-        "report_tat_ms": _diff(final_at, reports.exam_completed_at_ms if reports else None),
-        "interacted": interacted,
-        "review_candidate": outcome is Outcome.FALSE_POSITIVE and not interacted,
-        "completeness": completeness,
-        "event_ids": tuple(sorted(f.event_id for f in facts)),
-        "updated_at_ms": max((f.occurred_at_ms for f in facts), default=state.last_event_ms),
-    }
+
+    def __init__(self, site_id: str, study_uid: str, state: StudyFacts, expired: bool) -> None:
+        self.site_id = site_id
+        self.study_uid = study_uid
+        self.state = state
+        self.expired = expired
+        self.reports = summarise_reports(state.reports)
+        self.report_ids = [f.event_id for f in state.reports]
+        self.report_time_ms = max((f.occurred_at_ms for f in state.reports), default=None)
+
+    def derive_row(self, key: RowKey, row: RowFacts) -> RecordContent:
+        """Returns the content of one row (see the module docstring for the rules)."""
+        reports = self.reports
+        inference = choose_inference(row)
+        if inference is None:
+            version = max(row.alert_versions) if row.alert_versions else None
+            inference_event_id = min(row.alert_inference_ids) if row.alert_inference_ids else None
+            if reports is None:
+                modality = body_part = None
+            else:
+                modality, body_part = reports.modality, reports.body_part
+            manufacturer = failure_reason = None
+            status: InferenceStatus | None = None
+            result: InferenceResult | None = None
+            score = threshold = None
+            available = completed = None
+        else:
+            version = inference.algorithm_version
+            inference_event_id = inference.event_id
+            modality = inference.modality
+            body_part = inference.body_part
+            manufacturer = inference.manufacturer
+            status = inference.status
+            failure_reason = inference.failure_reason
+            score = inference.score
+            threshold = inference.threshold
+            result = inference.result
+            available = inference.study_available_at_ms
+            completed = inference.completed_at_ms
+
+        alerts = summarise_alerts(row.alerts)
+        if alerts is None:
+            raised = delivered = first_response = None
+            final_state: AlertState | None = None
+            dismissed = escalated = False
+            channel: AlertChannel | None = None
+        else:
+            raised = alerts.raised_at_ms
+            delivered = alerts.delivered_at_ms
+            first_response = alerts.first_response_at_ms
+            final_state = alerts.final_state
+            dismissed = alerts.dismissed
+            escalated = alerts.escalated
+            channel = alerts.channel
+
+        if reports is None:
+            label: ReportLabel | None = None
+            label_method: LabelMethod | None = None
+            report_id = prelim_at = final_at = exam_completed = critical = None
+            report_status: ReportStatus | None = None
+            addenda = 0
+        else:
+            label, finding = reports.label_for(key[1])
+            label_method = None if finding is None else finding.label_method
+            report_id = reports.report_id
+            prelim_at = reports.prelim_at_ms
+            final_at = reports.final_at_ms
+            report_status = reports.status
+            exam_completed = reports.exam_completed_at_ms
+            critical = reports.critical_result_communicated_at_ms
+            addenda = reports.addendum_count
+
+        outcome = classify_outcome(inference, final_at is not None, label)
+        interacted = first_response is not None
+        if inference is not None and final_at is not None:
+            completeness = _COMPLETE
+        elif self.expired:
+            completeness = _EXPIRED_NO_AI if inference is None else _EXPIRED_NO_REPORT
+        else:
+            completeness = _OPEN
+
+        event_ids = [f.event_id for f in row.inferences]
+        event_ids += [f.event_id for f in row.alerts]
+        event_ids += self.report_ids
+        event_ids.sort()
+        updated = self.report_time_ms
+        for fact in row.inferences:
+            if updated is None or fact.occurred_at_ms > updated:
+                updated = fact.occurred_at_ms
+        for alert in row.alerts:
+            if updated is None or alert.occurred_at_ms > updated:
+                updated = alert.occurred_at_ms
+        if updated is None:  # a row without any fact: never made by an event
+            updated = self.state.last_event_ms
+
+        return {
+            "site_id": self.site_id,
+            "study_uid": self.study_uid,
+            "algorithm_name": key[0],
+            "finding_code": key[1],
+            "algorithm_version": version,
+            "modality": modality,
+            "body_part": body_part,
+            "manufacturer": manufacturer,
+            "patient_ref": self.state.patient_ref,
+            "accession_ref": self.state.accession_ref,
+            "inference_event_id": inference_event_id,
+            "inference_status": status,
+            "failure_reason": failure_reason,
+            "score": score,
+            "threshold": threshold,
+            "ai_result": result,
+            "study_available_at_ms": available,
+            "inference_completed_at_ms": completed,
+            "alert_raised_at_ms": raised,
+            "alert_delivered_at_ms": delivered,
+            "alert_first_response_at_ms": first_response,
+            "alert_final_state": final_state,
+            "alert_dismissed": dismissed,
+            "alert_escalated": escalated,
+            "alert_channel": channel,
+            "report_id": report_id,
+            "report_prelim_at_ms": prelim_at,
+            "report_final_at_ms": final_at,
+            "report_status": report_status,
+            "report_label": label,
+            "label_method": label_method,
+            "exam_completed_at_ms": exam_completed,
+            "addendum_count": addenda,
+            "critical_result_communicated_at_ms": critical,
+            "outcome": outcome,
+            "time_to_result_ms": None
+            if completed is None or available is None
+            else completed - available,
+            "time_to_alert_ms": None if raised is None or completed is None else raised - completed,
+            "time_to_response_ms": (
+                None if first_response is None or raised is None else first_response - raised
+            ),
+            "report_tat_ms": (
+                None if final_at is None or exam_completed is None else final_at - exam_completed
+            ),
+            "interacted": interacted,
+            "review_candidate": outcome is _FALSE_POSITIVE and not interacted,
+            "completeness": completeness,
+            "event_ids": tuple(event_ids),
+            "updated_at_ms": updated,
+        }

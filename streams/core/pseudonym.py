@@ -39,8 +39,17 @@ class IdentifierKind(StrEnum):
 _DOMAINS = {kind: kind.value.encode() + b"\x00" for kind in IdentifierKind}
 
 
+_STUDY = IdentifierKind.STUDY  # a global: reading an enum member costs more (hot path)
+
+_MEMO_SIZE = 32_768
+"""References remembered per kind of identifier. Events of one study repeat its patient
+and accession number (and study UID), so most lookups hit; a full memo starts over."""
+
+
 class Pseudonymiser:
-    """Turns identifiers into keyed references. Stateless apart from the key.
+    """Turns identifiers into keyed references. Stateless apart from the key and a
+    bounded memo of recent references (an HMAC costs more than the rest of an event's
+    fold; the memo is in memory only and appears in no repr).
 
     Args:
         key: the secret HMAC key (see :class:`streams.core.config.LineageConfig`).
@@ -48,21 +57,32 @@ class Pseudonymiser:
             study UIDs through.
     """
 
-    __slots__ = ("_key", "_pseudonymise_study_uid")
+    __slots__ = ("_keyed", "_memo", "_pseudonymise_study_uid")
 
     def __init__(self, key: bytes, *, pseudonymise_study_uid: bool = False) -> None:
         if not key:
             raise ValueError("a pseudonymisation key is required")
-        self._key = key
+        # Keyed once: copying a keyed HMAC costs a fraction of a one-shot hmac.digest,
+        # which makes OpenSSL 3 look the algorithm up again on every call.
+        self._keyed = hmac.new(key, digestmod=hashlib.sha256)
         self._pseudonymise_study_uid = pseudonymise_study_uid
+        self._memo: dict[IdentifierKind, dict[str, str]] = {kind: {} for kind in IdentifierKind}
 
     def __repr__(self) -> str:
         return f"Pseudonymiser(pseudonymise_study_uid={self._pseudonymise_study_uid})"
 
     def ref(self, kind: IdentifierKind, value: str) -> str:
         """Returns the 64-character hex reference of one identifier."""
-        message = _DOMAINS[kind] + value.encode("utf-8")
-        return hmac.digest(self._key, message, hashlib.sha256).hex()
+        memo = self._memo[kind]
+        ref = memo.get(value)
+        if ref is None:
+            mac = self._keyed.copy()
+            mac.update(_DOMAINS[kind] + value.encode("utf-8"))
+            ref = mac.hexdigest()
+            if len(memo) >= _MEMO_SIZE:
+                memo.clear()
+            memo[value] = ref
+        return ref
 
     def optional_ref(self, kind: IdentifierKind, value: str | None) -> str | None:
         """Returns the reference of an identifier, or None when there is none."""
@@ -71,7 +91,7 @@ class Pseudonymiser:
     def study_uid(self, study_uid: str) -> str:
         """Returns the study UID as outputs carry it: kept, or pseudonymised by setting."""
         if self._pseudonymise_study_uid:
-            return self.ref(IdentifierKind.STUDY, study_uid)
+            return self.ref(_STUDY, study_uid)
         return study_uid
 
     def pseudonymise_event(self, event: Event) -> Event:
