@@ -6,9 +6,13 @@ import typer
 
 from schemas.cli import schemas_app
 from streams import __version__
+from streams.runtime.audit_cli import audit_app
 from streams.runtime.db_cli import db_app, query_command
+from streams.runtime.demo_cli import demo_command
+from streams.runtime.kpi_cli import kpi_app
 from streams.runtime.replay_cli import replay_command
 from streams.runtime.topics_cli import topics_app
+from streams.runtime.worker_cli import worker_command
 from streams.simulate.cli import simulate
 
 app = typer.Typer(
@@ -22,7 +26,11 @@ app.add_typer(schemas_app, name="schemas")
 app.command("simulate")(simulate)
 app.add_typer(db_app, name="db")
 app.command("query")(query_command)
+app.command("worker")(worker_command)
 app.command("replay")(replay_command)
+app.command("demo")(demo_command)
+app.add_typer(audit_app, name="audit")
+app.add_typer(kpi_app, name="kpi")
 
 
 def _print_version(value: bool) -> None:

@@ -14,7 +14,8 @@ different revision numbers and so different ``record_hash`` values.
 whatever path led to it; the determinism tests compare it.
 
 Canonical JSON: keys sorted, no whitespace, UTF-8, enums as their values, floats in
-Python's shortest round-trip form. What verify_chain cannot see: the removal of the
+Python's shortest round-trip form (:func:`canonical_json`; the joiner takes a faster
+path to the same bytes, :func:`hash_fields`). What verify_chain cannot see: the removal of the
 *latest* revisions of a key, or of a key's whole history, leaves a chain that is
 consistent; anchoring the latest hash elsewhere (the compacted lineage topic) covers it.
 """
@@ -74,12 +75,13 @@ def hash_fields(fields: Mapping[str, object]) -> str:
 
 # --- the joiner's path -------------------------------------------------------------------
 #
-# The canonical JSON of a record's fields costs more than the rest of a revision. Most of
-# that is the generic encoder's work on the keys: sorting the items and escaping every
-# key again. The keys are known, so their text is made once here and only the values
-# are encoded, in one call of the same C encoder (so each value's text is the one
-# canonical_json writes), as a list whose items are split apart on a separator that
-# cannot occur in JSON text: the encoder escapes every control character inside strings.
+# The canonical JSON of a record's fields is the largest single cost of a revision, and
+# about a quarter of it is the generic encoder's work on the keys: sorting the items and
+# escaping every key again. The keys are known, so their text is made once here and only
+# the values are encoded, in one call of the same C encoder with the same options (so
+# each value's text is the one canonical_json writes), as a list whose items are split
+# apart on a separator that cannot occur in JSON text: the encoder escapes every control
+# character inside strings. Anything unexpected falls back to canonical_json.
 
 _HASHED_FIELDS = tuple(sorted(set(LineageRecord.model_fields) - {"record_hash"}))
 _hashed_values = operator.itemgetter(*_HASHED_FIELDS)
@@ -92,10 +94,10 @@ _LIST_FIELD = _HASHED_FIELDS.index("event_ids")
 """The one field whose value is itself a list: encoded apart, since its items would be
 split on the separator too."""
 _values_encoder = make_encoder(
-    None, _CANONICAL.default, encode_basestring, None, ":", _SEPARATOR, False, False, True
+    None, _CANONICAL.default, encode_basestring, None, ":", _SEPARATOR, True, False, True
 )
 _compact_encoder = make_encoder(
-    None, _CANONICAL.default, encode_basestring, None, ":", ",", False, False, True
+    None, _CANONICAL.default, encode_basestring, None, ":", ",", True, False, True
 )
 
 

@@ -13,15 +13,26 @@ chain count the changes on the way and so may differ between orders; the content
 including ``event_ids`` (sorted) and ``updated_at_ms``, does not
 (:func:`streams.core.hashchain.content_hash`).
 
-Revisions: after each event (or batch, :meth:`LineageJoiner.apply_many`) every row of
-the touched studies is re-derived and compared with the content derived from the state
-before; each row that differs gets revision + 1, chained to the previous
-``record_hash``. Since ``event_ids`` grows with every accepted event, a row an event
-belongs to always changes; a row it does not belong to changes only through shared
-fields (reports, study-level pseudonyms). The previous record is rebuilt from the old
-state (or a small cache of recent studies) rather than stored, which keeps the state
-small; it is exactly the record emitted last (an invariant of this class), and is handed
-out as the *old* side of the pair the KPI aggregator retracts.
+Revisions: after each event (or batch, :meth:`LineageJoiner.apply_many`) the rows of
+the touched studies that the events can have changed are re-derived and compared with
+the record emitted last; each row that differs gets revision + 1, chained to the
+previous ``record_hash``. Since ``event_ids`` grows with every accepted event, a row an
+event belongs to always changes; a row it does not belong to changes only through
+shared fields (reports, study-level pseudonyms), so an inference or alert re-derives
+its own row alone and a report (or a new least pseudonym) every row of the study
+(:meth:`~streams.core.lineage_fold.StudyBuilder.changed_rows`). The previous record is
+rebuilt from the old state (or taken from a cache of recent studies) rather than
+stored, which keeps the state small; it is exactly the record emitted last (an
+invariant of this class), and is handed out as the *old* side of the pair the KPI
+aggregator retracts.
+
+Cost (DESIGN §10): the events of a study in one batch are folded into one mutable
+draft (:class:`~streams.core.lineage_fold.StudyBuilder`) and frozen into one new state;
+records are built without pydantic validation
+(:func:`~streams.core.lineage_output.chain_record`) and hashed once, on the joiner's
+fast path of the canonical JSON (:mod:`streams.core.hashchain`); pseudonyms,
+eligibility and finding facts are memoised. ``tests/benchmarks/bench_lineage.py``
+measures it.
 
 Eviction and late data: a study is evicted once ``watermark >= last event time +
 lineage_retention``; its incomplete rows get a final EXPIRED_* revision and the study

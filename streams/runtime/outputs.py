@@ -1,0 +1,183 @@
+"""Kafka messages in and out of the live worker, as plain data.
+
+:class:`InputMessage` is what an agent hands to a stage (topic, partition, offset,
+key, value, headers). :class:`OutgoingMessage` is what a stage wants produced; the
+agents send them. Every output value is Confluent-framed Avro with a registered schema
+(``schemas.codec.Codec``); keys are UTF-8 text chosen so that a redelivery of the same
+record lands on the same partition and, for the compacted lineage topic, replaces it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from schemas.codec import Codec
+from schemas.errors import DecodeError
+from schemas.records import Breach, DeadLetter, Header, KpiValue, LineageRecord, ReviewCandidate
+from streams.runtime.worker_config import WorkerTopics
+
+__all__ = [
+    "CONTROL_CLOSE",
+    "CONTROL_HEADER",
+    "InputMessage",
+    "OutgoingMessage",
+    "OutputEncoder",
+    "dead_letter_for_message",
+    "kpi_partition_key",
+    "lineage_key",
+]
+
+CONTROL_HEADER = "imgov.control"
+"""Header of control messages on the contributions topic."""
+CONTROL_CLOSE = b"close"
+"""Idle close: make every KPI window of this partition final (like replay's end)."""
+
+MessageHeaders = tuple[tuple[str, bytes | None], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class InputMessage:
+    """One consumed Kafka message."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: MessageHeaders = ()
+    timestamp_ms: int | None = None
+
+    def header(self, name: str) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """One message to produce; ``partition`` None lets the key decide."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    partition: int | None = None
+    headers: MessageHeaders = ()
+
+
+def lineage_key(record: LineageRecord) -> str:
+    """The identity of a lineage row: its Kafka key and its key in KPI state."""
+    return json.dumps(
+        [record.site_id, record.study_uid, record.algorithm_name, record.finding_code],
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+
+
+def kpi_partition_key(record: LineageRecord) -> bytes:
+    """Key of a KPI contribution: every roll-up of a KPI shares algorithm and finding."""
+    return f"{record.algorithm_name}|{record.finding_code}".encode()
+
+
+def dead_letter_for_message(
+    message: InputMessage, error: DecodeError, received_at_ms: int
+) -> DeadLetter:
+    """Returns the dead letter of an input the codec refused, with its original bytes."""
+    return DeadLetter(
+        reason=error.reason,
+        message=f"{message.topic}[{message.partition}]@{message.offset}: {error}",
+        key=message.key,
+        value=message.value or b"",
+        headers=tuple(Header(key=k, value=v) for k, v in message.headers),
+        source_topic=message.topic,
+        source_partition=message.partition,
+        source_offset=message.offset,
+        study_uid=_text(message.key),
+        received_at_ms=received_at_ms,
+    )
+
+
+def _text(raw: bytes | None) -> str | None:
+    if raw is None:
+        return None
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return None
+
+
+class OutputEncoder:
+    """Turns core outputs into messages for their topics."""
+
+    def __init__(self, codec: Codec, topics: WorkerTopics) -> None:
+        self._codec = codec
+        self._topics = topics
+
+    def lineage(self, records: Sequence[LineageRecord]) -> list[OutgoingMessage]:
+        encode, topic = self._codec.encode, self._topics.lineage
+        return [OutgoingMessage(topic, lineage_key(r).encode(), encode(r)) for r in records]
+
+    def contributions(self, records: Sequence[LineageRecord]) -> list[OutgoingMessage]:
+        encode, topic = self._codec.encode, self._topics.contributions
+        return [OutgoingMessage(topic, kpi_partition_key(r), encode(r)) for r in records]
+
+    def reviews(self, records: Sequence[ReviewCandidate]) -> list[OutgoingMessage]:
+        return [
+            OutgoingMessage(
+                self._topics.review,
+                json.dumps(
+                    [r.site_id, r.study_uid, r.algorithm_name, r.finding_code],
+                    separators=(",", ":"),
+                ).encode(),
+                self._codec.encode(r),
+            )
+            for r in records
+        ]
+
+    def dead_letters(self, letters: Sequence[DeadLetter]) -> list[OutgoingMessage]:
+        topic = self._topics.dlq
+        return [
+            OutgoingMessage(topic, letter.key, self._codec.encode(letter)) for letter in letters
+        ]
+
+    def kpis(self, values: Sequence[KpiValue]) -> list[OutgoingMessage]:
+        topic = self._topics.kpi
+        return [
+            OutgoingMessage(
+                topic,
+                "|".join(
+                    (
+                        v.kpi,
+                        v.window_size,
+                        v.site_id,
+                        v.algorithm_name,
+                        v.algorithm_version,
+                        v.finding_code,
+                        str(v.window_start_ms),
+                    )
+                ).encode(),
+                self._codec.encode(v),
+            )
+            for v in values
+        ]
+
+    def breaches(self, breaches: Sequence[Breach]) -> list[OutgoingMessage]:
+        topic = self._topics.breach
+        return [
+            OutgoingMessage(topic, b.breach_id.encode(), self._codec.encode(b)) for b in breaches
+        ]
+
+    def close_markers(self, partitions: int) -> list[OutgoingMessage]:
+        """One idle-close control message per partition of the contributions topic."""
+        return [
+            OutgoingMessage(
+                self._topics.contributions,
+                b"__control__",
+                b"",
+                p,
+                ((CONTROL_HEADER, CONTROL_CLOSE),),
+            )
+            for p in range(partitions)
+        ]

@@ -1,0 +1,175 @@
+"""Starting the live worker: settings, topics, the Faust app, then Faust's ``Worker``.
+
+``run_worker`` is what ``imgov worker`` calls. It validates every setting before
+anything connects, creates missing topics (idempotent; the partition count of the
+state topics must equal the input topics', so the worker checks it), builds the app
+(``streams.runtime.app``) and hands it to ``faust.Worker``, which owns signals and the
+event loop until the process stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from schemas.errors import ImgovError
+from streams.runtime.governance import GovernanceSettings, lineage_config, load_settings
+from streams.runtime.settings import ClickHouseSettings, KafkaSettings
+from streams.runtime.topics import (
+    TopicRole,
+    TopicSpec,
+    create_topics,
+    load_topics,
+)
+from streams.runtime.worker_config import (
+    WorkerConfigError,
+    WorkerSettings,
+    WorkerTopics,
+    load_worker_settings,
+)
+
+__all__ = ["WorkerPlan", "ensure_worker_topics", "plan_worker", "run_worker"]
+
+log = logging.getLogger("imgov.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerPlan:
+    """Every validated setting the worker starts with."""
+
+    worker: WorkerSettings
+    governance: GovernanceSettings
+    kafka: KafkaSettings
+    clickhouse: ClickHouseSettings
+
+
+def plan_worker(config_file: Path | None = None, *, demo: bool = False) -> WorkerPlan:
+    """Loads and validates all settings (no connection is made).
+
+    Raises:
+        WorkerConfigError: a worker setting is invalid.
+        ConfigurationError: a governance setting is invalid (e.g. no pseudonym key).
+    """
+    worker = load_worker_settings(config_file)
+    governance = _governance_settings(config_file, demo)
+    lineage_config(governance)  # fails now, with its message, rather than at first event
+    try:
+        kafka, clickhouse = KafkaSettings(), ClickHouseSettings()
+    except Exception as exc:  # pydantic ValidationError from IMGOV_KAFKA_* / IMGOV_CLICKHOUSE_*
+        raise WorkerConfigError(f"invalid Kafka/ClickHouse settings: {exc}") from exc
+    for host in kafka.bootstrap.split(","):
+        if not host.strip() or ":" not in host:
+            raise WorkerConfigError(
+                f"IMGOV_KAFKA_BOOTSTRAP must be host:port[,host:port], not {kafka.bootstrap!r}"
+            )
+    return WorkerPlan(worker, governance, kafka, clickhouse)
+
+
+def _governance_settings(config_file: Path | None, demo: bool) -> GovernanceSettings:
+    """Governance settings from the same file, without its ``[worker]`` table."""
+    if config_file is None:
+        return load_settings(demo=demo)
+    try:
+        raw = tomllib.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise WorkerConfigError(f"cannot read {config_file}: {exc}") from exc
+    raw.pop("worker", None)
+    if not raw:
+        return load_settings(demo=demo)
+    # load_settings resolves relative paths against the file's folder: stay in it.
+    with tempfile.NamedTemporaryFile(
+        "wb", suffix=".toml", dir=config_file.parent, delete=False
+    ) as handle:
+        handle.write(tomli_w_dumps(raw))
+    try:
+        return load_settings(Path(handle.name), demo=demo)
+    finally:
+        Path(handle.name).unlink(missing_ok=True)
+
+
+def tomli_w_dumps(data: dict[str, object]) -> bytes:
+    """A minimal TOML writer for the governance keys (scalars, tables, arrays of tables)."""
+    import json
+
+    lines: list[str] = []
+    tables: list[tuple[str, dict[str, object]]] = []
+    arrays: list[tuple[str, list[dict[str, object]]]] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            arrays.append((key, value))
+        else:
+            lines.append(f"{key} = {json.dumps(value)}")
+    for key, table in tables:
+        lines.append(f"[{key}]")
+        lines.extend(f"{k} = {json.dumps(v)}" for k, v in table.items())
+    for key, items in arrays:
+        for item in items:
+            lines.append(f"[[{key}]]")
+            lines.extend(f"{k} = {json.dumps(v)}" for k, v in item.items())
+    return ("\n".join(lines) + "\n").encode()
+
+
+def ensure_worker_topics(plan: WorkerPlan) -> None:
+    """Creates the worker's topics if missing; checks the partition counts.
+
+    Raises:
+        WorkerConfigError: existing input topics have another partition count than
+            the ``partitions`` setting (state tables are co-partitioned with them).
+        TopicAdminError: the broker is unreachable or refused a topic.
+    """
+    topics = WorkerTopics.with_namespace(plan.worker.topic_namespace)
+    base = load_topics()
+    specs = []
+    for spec in base.topics:
+        name = plan.worker.topic_namespace + spec.name
+        partitions = plan.worker.partitions if spec.role is TopicRole.INPUT else spec.partitions
+        specs.append(spec.model_copy(update={"name": name, "partitions": partitions}))
+    specs.append(
+        TopicSpec(
+            name=topics.contributions,
+            role=TopicRole.OUTPUT,
+            partitions=plan.worker.partitions,
+            replication_factor=1,
+            config={"cleanup.policy": "delete", "retention.ms": str(7 * 86_400_000)},
+        )
+    )
+    results = create_topics(plan.kafka.bootstrap, specs)
+    wrong = [
+        r
+        for r in results
+        if r.partitions_differ and r.name in (*topics.inputs, topics.contributions)
+    ]
+    if wrong:
+        detail = ", ".join(f"{r.name} has {r.existing_partitions}" for r in wrong)
+        raise WorkerConfigError(
+            f"partitions = {plan.worker.partitions} but {detail}: set IMGOV_WORKER_PARTITIONS "
+            "to the input topics' partition count"
+        )
+
+
+def run_worker(plan: WorkerPlan) -> None:
+    """Runs the worker until it is stopped (SIGINT/SIGTERM); blocks.
+
+    Raises:
+        ImgovError: topics could not be prepared, or the app could not be built.
+    """
+    from faust.worker import Worker
+
+    from streams.runtime.app import build_app
+
+    if plan.worker.create_topics:
+        ensure_worker_topics(plan)
+    plan.worker.datadir.mkdir(parents=True, exist_ok=True)
+    app = build_app(plan.worker, plan.governance, plan.kafka, plan.clickhouse)
+    level = "warning" if plan.worker.log_level == "warn" else plan.worker.log_level
+    worker = Worker(app, loglevel=level, quiet=True)
+    worker.execute_from_commandline()
+
+
+class WorkerError(ImgovError):
+    """The worker could not start."""

@@ -1,0 +1,387 @@
+"""Helpers of the live-pipeline tests (no tests here): input, workers, table snapshots.
+
+Each test gets its own topic namespace, consumer group, state directory and two
+ClickHouse databases (``live_*`` for the worker, ``offline_*`` for the replay).
+
+Equality between runs is defined on FINAL results (DESIGN §4-§7): the latest lineage
+revision per row (``lineage_latest``, without ``revision``/hashes, which count how
+the input was cut into batches), the final KPI value of every window (``kpi_final``,
+without ``revision``), the set of breaches and of dead letters. Intermediate revisions
+differ between any two runs that batch differently, live or offline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clickhouse_driver import Client
+
+from schemas.codec import Codec
+from schemas.events import Event
+from schemas.files import RejectedInput, read_events
+from schemas.registry import registry_from_environ
+from sinks.clickhouse.migrate import migrate
+from sinks.clickhouse.writer import ClickHouseSink
+from sinks.query import ClickHouseBackend
+from streams.core.pipeline import GovernanceProcessor
+from streams.runtime.governance import (
+    build_processor,
+    build_validator,
+    lineage_config,
+    load_settings,
+)
+from streams.runtime.replay import replay
+from streams.runtime.settings import REPO_ROOT, ClickHouseSettings
+from streams.runtime.worker_config import WorkerTopics
+
+logging.getLogger("kafka").setLevel(logging.ERROR)
+
+IMGOV = str(Path(sys.executable).parent / "imgov")
+PARTITIONS = 3
+IDLE_CLOSE_S = 15.0
+
+LINEAGE_COLUMNS = (
+    "site_id, study_uid, algorithm_name, finding_code, algorithm_version, modality, body_part,"
+    " manufacturer, patient_ref, accession_ref, inference_event_id, inference_status,"
+    " failure_reason, score, threshold, ai_result, study_available_at_ms,"
+    " inference_completed_at_ms, alert_raised_at_ms, alert_delivered_at_ms,"
+    " alert_first_response_at_ms, alert_final_state, alert_dismissed, alert_escalated,"
+    " alert_channel, report_id, report_prelim_at_ms, report_final_at_ms, report_status,"
+    " report_label, label_method, exam_completed_at_ms, addendum_count,"
+    " critical_result_communicated_at_ms, outcome, time_to_result_ms, time_to_alert_ms,"
+    " time_to_response_ms, report_tat_ms, interacted, review_candidate, completeness,"
+    " arraySort(event_ids), updated_at_ms"
+)
+KPI_COLUMNS = (
+    "kpi, window_size, site_id, algorithm_name, algorithm_version, finding_code,"
+    " window_start_ms, window_end_ms, numerator, denominator, value, ci_low, ci_high, p50, p90"
+)
+BREACH_COLUMNS = (
+    "breach_id, state, rule_id, kpi, severity, window_size, window_start_ms, window_end_ms,"
+    " site_id, algorithm_name, algorithm_version, finding_code, value, threshold"
+)
+
+
+def ch_client(database: str = "system") -> Client:
+    return Client(
+        host="127.0.0.1",
+        port=int(os.environ.get("IMGOV_CLICKHOUSE_PORT", "19000")),
+        user="imgov",
+        password="imgov",
+        database=database,
+        connect_timeout=5,
+        send_receive_timeout=60,
+    )
+
+
+def create_database(name: str) -> None:
+    settings = ClickHouseSettings(database=name)
+    backend = ClickHouseBackend.connect(settings, create_database=True)
+    try:
+        migrate(backend)
+    finally:
+        backend.close()
+
+
+def drop_database(name: str) -> None:
+    client = ch_client()
+    try:
+        client.execute(f"DROP DATABASE IF EXISTS {name}")
+    finally:
+        client.disconnect()
+
+
+def simulate(
+    path: Path, *, days: int = 5, sites: int = 2, per_day: int = 40, seed: int = 11
+) -> list[Event]:
+    """Writes a simulated run to ``path`` (JSON Lines) and returns its events."""
+    subprocess.run(
+        [
+            IMGOV,
+            "simulate",
+            "--days",
+            str(days),
+            "--sites",
+            str(sites),
+            "--studies-per-day",
+            str(per_day),
+            "--seed",
+            str(seed),
+            "--out",
+            str(path),
+            "-q",
+        ],
+        check=True,
+        cwd=REPO_ROOT,
+        capture_output=True,
+    )
+    return [e for e in read_events(path) if not isinstance(e, RejectedInput)]
+
+
+def encoded(events: list[Event], topics: WorkerTopics) -> list[tuple[str, bytes, bytes]]:
+    """(topic, key, Avro value) of every event, in order."""
+    codec = Codec(registry_from_environ(os.environ))
+    by_type = {"inference": topics.inference, "alert": topics.alert, "report": topics.report}
+    return [(by_type[e.event_type.value], e.study_uid.encode(), codec.encode(e)) for e in events]
+
+
+def produce(
+    bootstrap: str,
+    messages: list[tuple[str, bytes | None, bytes]],
+    headers: dict[int, list[tuple[str, bytes]]] | None = None,
+) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    try:
+        for i, (topic, key, value) in enumerate(messages):
+            producer.send(topic, key=key, value=value, headers=(headers or {}).get(i))
+        producer.flush(timeout=60)
+    finally:
+        producer.close()
+
+
+def replay_into(database: str, path: Path) -> None:
+    """The offline reference: ``replay`` of the same input into ``database``."""
+    settings = load_settings(demo=True)
+    sink = ClickHouseSink.from_settings(ClickHouseSettings(database=database))
+    try:
+        try:
+            processor = build_processor(settings)
+        except ImportError:  # streams.core.breach still without its loader: no breaches
+            processor = GovernanceProcessor(lineage_config(settings), settings.kpi, None)
+        replay(
+            [path],
+            processor,
+            sink,
+            build_validator(settings),
+            record_events=True,
+        )
+    finally:
+        sink.close()
+
+
+@dataclass
+class LiveEnv:
+    """One test's namespace, group, databases and workers."""
+
+    bootstrap: str
+    tmp: Path
+    suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
+    workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    partitions: int = PARTITIONS
+
+    @property
+    def namespace(self) -> str:
+        return f"live{self.suffix}."
+
+    @property
+    def app_id(self) -> str:
+        return f"imgov-live-{self.suffix}"
+
+    @property
+    def database(self) -> str:
+        return f"live_{self.suffix}"
+
+    @property
+    def offline_database(self) -> str:
+        return f"offline_{self.suffix}"
+
+    @property
+    def topics(self) -> WorkerTopics:
+        return WorkerTopics.with_namespace(self.namespace)
+
+    def worker_env(self, name: str) -> dict[str, str]:
+        return {
+            **os.environ,
+            "IMGOV_KAFKA_BOOTSTRAP": self.bootstrap,
+            "IMGOV_CLICKHOUSE_DATABASE": self.database,
+            "IMGOV_WORKER_APP_ID": self.app_id,
+            "IMGOV_WORKER_TOPIC_NAMESPACE": self.namespace,
+            "IMGOV_WORKER_DATADIR": str(self.tmp / f"state-{name}"),
+            "IMGOV_WORKER_PARTITIONS": str(self.partitions),
+            "IMGOV_WORKER_IDLE_CLOSE_S": str(IDLE_CLOSE_S),
+            "IMGOV_WORKER_BATCH_SIZE": "500",
+            "IMGOV_WORKER_LOG_LEVEL": "warn",
+        }
+
+    def create_topics(self) -> None:
+        """Creates the namespaced topics as the worker would (before producing)."""
+        from streams.runtime.governance import load_settings
+        from streams.runtime.settings import KafkaSettings
+        from streams.runtime.worker import WorkerPlan, ensure_worker_topics
+        from streams.runtime.worker_config import WorkerSettings
+
+        worker = WorkerSettings(
+            app_id=self.app_id, topic_namespace=self.namespace, partitions=self.partitions
+        )
+        ensure_worker_topics(
+            WorkerPlan(
+                worker,
+                load_settings(demo=True),
+                KafkaSettings(bootstrap=self.bootstrap),
+                ClickHouseSettings(database=self.database),
+            )
+        )
+
+    def start_worker(self, name: str = "w1") -> subprocess.Popen[bytes]:
+        log = (self.tmp / f"worker-{name}.log").open("ab")
+        proc = subprocess.Popen(
+            [IMGOV, "worker", "--demo"],
+            cwd=REPO_ROOT,
+            env=self.worker_env(name),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.workers[name] = proc
+        return proc
+
+    def kill_worker(self, name: str = "w1") -> None:
+        proc = self.workers.pop(name)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+
+    def stop_worker(self, name: str = "w1") -> None:
+        proc = self.workers.pop(name)
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+
+    def stop_all(self) -> None:
+        for name in list(self.workers):
+            self.stop_worker(name)
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}"
+            for p in sorted(self.tmp.glob("worker-*.log"))
+        )
+
+    def assert_alive(self) -> None:
+        for name, proc in self.workers.items():
+            assert proc.poll() is None, f"worker {name} exited {proc.returncode}\n{self.logs()}"
+
+    def group_lag(self) -> int:
+        """Messages of the input and contributions topics not yet committed by the group."""
+        from kafka import KafkaConsumer, TopicPartition
+        from kafka.admin import KafkaAdminClient
+
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap)
+        try:
+            topics = (*self.topics.inputs, self.topics.contributions)
+            tps = [
+                TopicPartition(t, p)
+                for t in topics
+                for p in sorted(consumer.partitions_for_topic(t) or ())
+            ]
+            ends = consumer.end_offsets(tps)
+            done = admin.list_group_offsets(self.app_id).get(self.app_id, {})
+            return sum(max(0, ends[tp] - (done[tp].offset if tp in done else 0)) for tp in tps)
+        finally:
+            consumer.close()
+            admin.close()
+
+    def fingerprint(self) -> tuple[Any, ...]:
+        client = ch_client(self.database)
+        try:
+            return tuple(
+                client.execute(f"SELECT count() FROM {t}")[0]
+                for t in ("lineage_history", "kpi_values", "rejected_events", "kpi_breaches")
+            )
+        finally:
+            client.disconnect()
+
+    def wait_until_settled(self, timeout_s: float = 180, min_lineage: int = 1) -> None:
+        """Waits until the group committed everything and the tables stopped changing
+        for longer than the idle close takes (so KPI windows are final)."""
+        deadline = time.monotonic() + timeout_s
+        last: tuple[Any, ...] | None = None
+        stable_since = time.monotonic()
+        while time.monotonic() < deadline:
+            self.assert_alive()
+            try:
+                lag = self.group_lag()
+                print_ = self.fingerprint()
+            except Exception:
+                time.sleep(1)
+                continue
+            now = time.monotonic()
+            if print_ != last or lag:
+                last, stable_since = print_, now
+            elif (
+                print_[0][0] >= min_lineage
+                and print_[1][0] > 0
+                and now - stable_since > IDLE_CLOSE_S + 10
+            ):
+                return
+            time.sleep(1)
+        raise AssertionError(f"the worker did not settle in {timeout_s} s\n{self.logs()}")
+
+
+def final_tables(database: str) -> dict[str, Any]:
+    """The FINAL results of a database, in a comparable form (see the module docstring)."""
+    client = ch_client(database)
+    try:
+        lineage = client.execute(
+            f"SELECT {LINEAGE_COLUMNS} FROM lineage_latest ORDER BY 1, 2, 3, 4"
+        )
+        # A window emptied by retraction is emitted with denominator 0 and no value
+        # (aggregator contract): it says "no data", like an absent window. Runs that
+        # batch differently create different empty windows (an intermediate revision
+        # contributed there), so empty windows are left out of the comparison.
+        kpis = client.execute(
+            f"SELECT {KPI_COLUMNS} FROM kpi_final"
+            " WHERE NOT (ifNull(denominator, 0) = 0 AND ifNull(numerator, 0) = 0 AND value IS NULL)"
+            " ORDER BY 1, 2, 3, 4, 5, 6, 7"
+        )
+        breaches = client.execute(f"SELECT {BREACH_COLUMNS} FROM kpi_breaches FINAL ORDER BY 1, 2")
+        rejected = client.execute(
+            "SELECT reason, count() FROM rejected_events FINAL GROUP BY reason ORDER BY reason"
+        )
+        duplicates = client.execute(
+            "SELECT count() FROM (SELECT site_id, study_uid, algorithm_name, finding_code,"
+            " count() AS c FROM lineage_latest"
+            " GROUP BY site_id, study_uid, algorithm_name, finding_code HAVING c > 1)"
+        )[0][0]
+    finally:
+        client.disconnect()
+    # repr: NaN != NaN would make equal tables compare unequal.
+    return {
+        "lineage": sorted(map(repr, lineage)),
+        "kpis": sorted(map(repr, kpis)),
+        "breaches": sorted(map(repr, breaches)),
+        "rejected": rejected,
+        "duplicate_rows_in_lineage_latest": duplicates,
+    }
+
+
+def diff_summary(live: dict[str, Any], offline: dict[str, Any]) -> str:
+    parts = []
+    for key in live:
+        a, b = live[key], offline[key]
+        if a != b:
+            if isinstance(a, list):
+                ca, cb = Counter(map(repr, a)), Counter(map(repr, b))
+                only_live = list((ca - cb).elements())[:3]
+                only_off = list((cb - ca).elements())[:3]
+                parts.append(
+                    f"{key}: live {len(a)} rows, offline {len(b)} rows;"
+                    f" only live: {only_live}; only offline: {only_off}"
+                )
+            else:
+                parts.append(f"{key}: live {a!r} offline {b!r}")
+    return "\n".join(parts)
