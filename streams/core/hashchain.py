@@ -89,6 +89,7 @@ _KEY_TEXTS = tuple(
     ("{" if i == 0 else ",") + encode_basestring(name) + ":"
     for i, name in enumerate(_HASHED_FIELDS)
 )
+_TEMPLATE = "".join(key.replace("%", "%%") + "%s" for key in _KEY_TEXTS) + "}"
 _SEPARATOR = "\x00"
 _LIST_FIELD = _HASHED_FIELDS.index("event_ids")
 """The one field whose value is itself a list: encoded apart, since its items would be
@@ -115,7 +116,7 @@ def _record_json(fields: Mapping[str, object]) -> bytes | None:
     if len(texts) != len(_KEY_TEXTS):
         return None  # another value held a list or mapping of several items
     texts[_LIST_FIELD] = "".join(_compact_encoder(nested, 0))
-    return ("".join(map(operator.add, _KEY_TEXTS, texts)) + "}").encode()
+    return (_TEMPLATE % tuple(texts)).encode()
 
 
 def record_hash(record: LineageRecord) -> str:

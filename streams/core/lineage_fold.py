@@ -5,10 +5,11 @@ except for the least-of rule of the study-level pseudonyms, which is itself
 order-independent.
 
 The joiner folds the events of one study in one batch into a :class:`StudyBuilder`, a
-mutable draft begun from the stored state, and freezes it once with
-:meth:`StudyBuilder.build`: a batch costs one state per study touched, not one per
-event. The builder also records which rows the events can have changed
-(:meth:`StudyBuilder.changed_rows`), so the joiner derives those rows alone.
+mutable draft begun from the stored state, derives the records from the draft, and
+freezes it once, with the new chain positions, by :meth:`StudyBuilder.build`: a batch
+costs one state per study touched, not one per event. The builder also records which
+rows the events can have changed (:meth:`StudyBuilder.changed_rows`), so the joiner
+derives those rows alone.
 """
 
 from __future__ import annotations

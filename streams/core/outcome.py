@@ -210,6 +210,7 @@ def summarise_reports(reports: Sequence[ReportFact]) -> ReportSummary | None:
         return None
     latest = first_final = label_source = with_modality = with_body_part = None
     prelim = exam = critical = None
+    addendum_orders: list[tuple[int, str]] = []
     for f in reports:
         order = (f.occurred_at_ms, f.event_id)
         if latest is None or order > (latest.occurred_at_ms, latest.event_id):
@@ -233,17 +234,17 @@ def summarise_reports(reports: Sequence[ReportFact]) -> ReportSummary | None:
             with_body_part = f
         if f.status is _PRELIMINARY:
             prelim = _min(prelim, f.occurred_at_ms)
-        exam = _min(exam, f.exam_completed_at_ms)
-        critical = _min(critical, f.critical_result_communicated_at_ms)
+        elif f.status in ADDENDUM_STATUSES:
+            addendum_orders.append(order)
+        if f.exam_completed_at_ms is not None:
+            exam = _min(exam, f.exam_completed_at_ms)
+        if f.critical_result_communicated_at_ms is not None:
+            critical = _min(critical, f.critical_result_communicated_at_ms)
     assert latest is not None  # reports is not empty
     addenda = 0
-    if first_final is not None:
+    if first_final is not None and addendum_orders:
         first = (first_final.occurred_at_ms, first_final.event_id)
-        addenda = sum(
-            1
-            for f in reports
-            if f.status in ADDENDUM_STATUSES and (f.occurred_at_ms, f.event_id) > first
-        )
+        addenda = sum(1 for order in addendum_orders if order > first)
     return ReportSummary(
         report_id=(first_final or latest).report_id,
         prelim_at_ms=prelim,
