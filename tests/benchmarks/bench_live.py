@@ -39,7 +39,9 @@ def _up(host: str, port: int) -> bool:
         return False
 
 
-async def _ceiling(bootstrap: str, topics: tuple[str, ...], total: int) -> float:
+async def _ceiling(
+    bootstrap: str, topics: tuple[str, ...], partitions: int, total: int
+) -> float:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from schemas.codec import Codec
@@ -57,7 +59,7 @@ async def _ceiling(bootstrap: str, topics: tuple[str, ...], total: int) -> float
     )
     await consumer.start()
     try:
-        tps = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
+        tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         seen, started = 0, time.perf_counter()
@@ -180,7 +182,7 @@ def main() -> int:
         try:
             produce(env.bootstrap, encoded(events, env.topics))
             total = len(events)
-            ceiling = asyncio.run(_ceiling(env.bootstrap, env.topics.inputs, total))
+            ceiling = asyncio.run(_ceiling(env.bootstrap, env.topics.inputs, env.partitions, total))
             live = _live_rate(env, total)
             env.stop_all()
         finally:
