@@ -31,8 +31,10 @@ Emission rules:
 - ``late_horizon_ms`` after its end a window is *closed*: contributions to it are
   counted in ``too_late`` (per window size) and change nothing; its panes are dropped;
 - current (non-final) values are emitted at most every ``emit_interval_ms`` of event
-  time, only for windows that changed, and for rolling windows only the one closing
-  next (the trailing 7 or 30 days); other windows get their value when final;
+  time (or, with ``current_on_demand``, only by ``emit_current``, which the caller
+  paces: processing time in the live worker), only for windows that changed, and for
+  rolling windows only the one closing next (the trailing 7 or 30 days); other windows
+  get their value when final;
 - retraction never drives a count negative (nor a numerator above its denominator): a
   retraction of something that was never added is refused and counted in
   ``refused_retractions``.
@@ -102,14 +104,18 @@ class KpiAggregator:
 
     Args:
         config: KPI options; defaults documented in ``streams.core.kpi_config``.
+        current_on_demand: current values are emitted only by ``emit_current``
+            (``emit_interval_ms`` is ignored); final values stay driven by event time.
     """
 
-    def __init__(self, config: KpiConfig | None = None) -> None:
+    def __init__(self, config: KpiConfig | None = None, *, current_on_demand: bool = False) -> None:
         self._cfg = cfg = config or KpiConfig()
         self._contribution = ContributionBuilder(cfg)
         self._lateness = cfg.allowed_lateness_ms
         self._horizon = cfg.late_horizon_ms
-        self._interval = cfg.emit_interval_ms
+        self._interval = None if current_on_demand else cfg.emit_interval_ms
+        # Whether changed open windows are tracked (for current values) at all.
+        self._current = current_on_demand or cfg.emit_interval_ms is not None
         self._gamma = cfg.duration_gamma
         # Series: leaves are what records carry, combos what values are emitted for.
         self._leaf_ids: dict[Dims, int] = {}
@@ -226,6 +232,16 @@ class KpiAggregator:
         """
         return self._observe(event_time_ms)
 
+    def emit_current(self) -> list[KpiValue]:
+        """Returns current values of changed open windows and revisions of final ones.
+
+        What ``apply`` returns every ``emit_interval_ms``, now; for callers that pace
+        it themselves (``current_on_demand``). Nothing before the first record.
+        """
+        if self._max_event_ms is None:
+            return []
+        return _values(self._emit(self._late_candidates() | self._current_candidates()))
+
     def close_all(self) -> list[KpiValue]:
         """Makes every window final (end of input) and returns what that emits.
 
@@ -305,7 +321,7 @@ class KpiAggregator:
                 pane[1] += y
         elif not self._list_pane(self._hour_lists, self._hour_index, (k, leaf, h), x, y, -1):
             return
-        if self._interval is not None:
+        if self._current:
             self._dirty.add((k, leaf, h))
 
     def _list_pane(
@@ -410,7 +426,7 @@ class KpiAggregator:
                 # The reference outlives the panes: keep it a function of all revisions.
                 self._psi.update(leaf, self._leaf_combos[leaf][0], d, x, sign)
         self._late_dirty.add((k, leaf, h))
-        if self._interval is not None:
+        if self._current:
             self._dirty.add((k, leaf, h))
 
     def _drop_slides(self, k: int, leaf: int, day: int) -> None:
@@ -576,7 +592,7 @@ class KpiAggregator:
                         end = start + size
                         if (end <= wm < end + horizon) if final else end > wm:
                             cands.add((k, leaf, s, start))
-        if not final or self._interval is None:
+        if not final or not self._current:
             changed.clear()
         return cands
 

@@ -16,6 +16,15 @@ itself) and, per batch, in this order (DESIGN §7, STYLE rule 8):
 A crash anywhere before 5 redelivers the batch: steps 2-3 rewrite the same keyed rows
 and messages (idempotent), and the state of step 4 either is not there yet (same
 outputs again) or already contains the batch (duplicates ignored, see ``stages``).
+
+The KPI agent does steps 1-3 per batch but 4-5 as a *checkpoint*, every
+``checkpoint_interval_s`` (and at once when a rebalance starts): its state is one
+snapshot of the windows per partition, too large to write per batch. Between
+checkpoints its batches stay unacknowledged, so a crash replays them onto the last
+snapshot, which reproduces the same final values. Current (non-final) values are
+published on processing time, every ``current_interval_s``, as Kafka Streams emits
+updates on its commit interval, rather than on event time: replayed history would
+otherwise make the worker compute a current value for every few minutes of it.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ from sinks.base import Output, SinkBackpressureError, SinkError
 from sinks.clickhouse.writer import ClickHouseSink
 from streams.runtime.outputs import InputMessage, OutgoingMessage, OutputEncoder
 from streams.runtime.staged_store import PartitionedStore, StagedWrite
-from streams.runtime.stages import KpiStage, LineageStage
+from streams.runtime.stages import KpiBatch, KpiStage, LineageStage
 
 __all__ = ["BatchRunner", "SinkFlusher", "input_messages"]
 
@@ -104,7 +113,10 @@ class BatchRunner:
         encoder: turns outputs into messages.
         lineage: the lineage stage, and ``lineage_store``/``lineage_sink`` for it.
         kpi: the KPI stage, and ``kpi_store``/``kpi_sink`` for it.
-        clock: monotonic seconds (idle detection).
+        current_interval_s: how often current KPI values are published.
+        checkpoint_interval_s: how often the KPI state is written and its input acked.
+        rebalancing: whether a rebalance waits for unacknowledged messages.
+        clock: monotonic seconds (idle detection, pacing).
     """
 
     def __init__(
@@ -120,6 +132,9 @@ class BatchRunner:
         kpi: KpiStage,
         kpi_store: PartitionedStore,
         kpi_sink: SinkFlusher,
+        current_interval_s: float = 10.0,
+        checkpoint_interval_s: float = 5.0,
+        rebalancing: Callable[[], bool] = lambda: False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._send = producer_send
@@ -132,7 +147,13 @@ class BatchRunner:
         self.kpi = kpi
         self._kpi_store = kpi_store
         self._kpi_sink = kpi_sink
+        self._current_interval_s = current_interval_s
+        self._checkpoint_interval_s = checkpoint_interval_s
+        self._rebalancing = rebalancing
         self._clock = clock
+        self._kpi_lock = asyncio.Lock()
+        self._kpi_held: list[tuple[Sequence[Any], Callable[[Any], Any]]] = []
+        self._last_current_s = self._last_checkpoint_s = clock()
         self._lineage_assignment: frozenset[Any] | None = None
         self._kpi_assignment: frozenset[Any] | None = None
         self.last_input_s = clock()
@@ -170,10 +191,9 @@ class BatchRunner:
             await self._lineage_sink.flush()
             enc = self._encoder
             await self._produce(
-                enc.lineage(batch.lineage)
+                enc.lineage_and_contributions(batch.lineage)
                 + enc.reviews(batch.reviews)
                 + enc.dead_letters(batch.dead_letters)
-                + enc.contributions(batch.lineage)
             )
             await self._write_state(self._lineage_store, self.lineage.state.take_writes())
             for event in events:
@@ -185,21 +205,71 @@ class BatchRunner:
             self.closed_since_input = False
 
     async def kpi_batch(self, events: Sequence[Any], ack: Callable[[Any], Any]) -> None:
-        """Runs one batch of contributions through the protocol, then acks them."""
+        """Runs one batch of contributions (steps 1-3); acks it at the next checkpoint."""
+        async with self._kpi_lock:
+            self._kpi_check_assignment()
+            await self._publish_kpis(self.kpi.process(input_messages(events)))
+            self._kpi_held.append((events, ack))
+            await self._kpi_due()
+
+    async def kpi_tick(self) -> None:
+        """Timer: publishes current values and checkpoints when no batch comes to do it."""
+        async with self._kpi_lock:
+            if self._kpi_held and self._rebalancing():
+                # Faust waits for every message to be acknowledged before it hands the
+                # partitions over: checkpoint the state that goes with them now.
+                await self._kpi_checkpoint()
+            self._kpi_check_assignment()
+            await self._kpi_due()
+
+    @property
+    def kpi_unacknowledged(self) -> int:
+        """Contributions processed but not yet acknowledged (until the next checkpoint)."""
+        return sum(len(events) for events, _ in self._kpi_held)
+
+    def _kpi_check_assignment(self) -> None:
         assignment = self._assignment()
-        if assignment != self._kpi_assignment:
-            self.kpi.reset()
-            self._kpi_assignment = assignment
-        batch = self.kpi.process(input_messages(events))
+        if assignment == self._kpi_assignment:
+            return
+        if self._kpi_held:
+            # Not expected: kpi_tick checkpoints as soon as a rebalance starts. The
+            # staged state is dropped with its batches, never acknowledged, so they are
+            # delivered again onto the last snapshot.
+            log.warning(
+                "assignment changed with %d contributions not checkpointed: dropping them",
+                self.kpi_unacknowledged,
+            )
+            self._kpi_held.clear()
+        self.kpi.discard()
+        self._kpi_assignment = assignment
+
+    async def _kpi_due(self) -> None:
+        now = self._clock()
+        if now - self._last_current_s >= self._current_interval_s:
+            self._last_current_s = now
+            await self._publish_kpis(self.kpi.emit_current())
+        if self._kpi_held and (
+            now - self._last_checkpoint_s >= self._checkpoint_interval_s or self._rebalancing()
+        ):
+            await self._kpi_checkpoint()
+
+    async def _kpi_checkpoint(self) -> None:
+        await self._write_state(self._kpi_store, self.kpi.take_writes())
+        held, self._kpi_held = self._kpi_held, []
+        for events, ack in held:
+            for event in events:
+                await ack(event)
+        self._last_checkpoint_s = self._clock()
+
+    async def _publish_kpis(self, batch: KpiBatch) -> None:
+        if not (batch.kpis or batch.breaches):
+            return
         sink = self._kpi_sink.sink
         outputs: list[Output] = [*batch.kpis, *batch.breaches]
         for record in outputs:
             sink.add(record)
         await self._kpi_sink.flush()
         await self._produce(self._encoder.kpis(batch.kpis) + self._encoder.breaches(batch.breaches))
-        await self._write_state(self._kpi_store, self.kpi.take_writes())
-        for event in events:
-            await ack(event)
 
     async def send_close_markers(self, partitions: int) -> None:
         """Idle close: one control message to every contributions partition."""

@@ -41,13 +41,12 @@ from schemas.codec import Codec
 from schemas.registry import registry_from_environ
 from sinks.clickhouse.writer import ClickHouseSink
 from streams.core.aggregator import KpiAggregator
-from streams.core.breach import BreachEvaluator
 from streams.runtime.agents import BatchRunner, SinkFlusher
 from streams.runtime.faust_fixes import apply_faust_commit_fixes
 from streams.runtime.faust_store import FaustTableStore
 from streams.runtime.governance import (
     GovernanceSettings,
-    build_processor,
+    build_breach_evaluator,
     build_pseudonymiser,
     build_validator,
     lineage_config,
@@ -119,21 +118,6 @@ class GroupProgress:
         self._admin = self._consumer = None
 
 
-def _breach_template(governance: GovernanceSettings) -> BreachEvaluator | None:
-    """A fresh evaluator of the configured policy, built as replay builds it.
-
-    Temporary: ``streams.core.breach`` is being written; while it lacks the policy
-    loader that ``build_processor`` needs, the worker runs without breaches (and says
-    so), exactly as the replay reference then does.
-    """
-    try:
-        processor = build_processor(governance)
-    except ImportError as exc:
-        log.warning("breach policy unavailable (%s): no breaches are evaluated", exc)
-        return None
-    return processor._breaches
-
-
 class CommitStallGuard:
     """Re-reads a partition whose commit is stuck behind a message never delivered.
 
@@ -188,7 +172,7 @@ def build_app(
     apply_faust_commit_fixes()
     topics = WorkerTopics.with_namespace(worker.topic_namespace)
     lineage_settings = lineage_config(governance)
-    breach_template = _breach_template(governance)
+    breach_template = build_breach_evaluator(governance)
 
     app = faust.App(
         worker.app_id,
@@ -263,11 +247,14 @@ def build_app(
             codec,
             StagedMapping(kpi_store),
             StagedMapping(kpi_store),
-            lambda: KpiAggregator(kpi_config),
+            lambda: KpiAggregator(kpi_config, current_on_demand=True),
             lambda: copy.deepcopy(breach_template),
         ),
         kpi_store=kpi_store,
         kpi_sink=new_sink("kpi"),
+        current_interval_s=worker.current_interval_s,
+        checkpoint_interval_s=worker.checkpoint_interval_s,
+        rebalancing=lambda: bool(app.rebalancing),
     )
     stalls = CommitStallGuard(app, (*topics.inputs, topics.contributions))
     progress = GroupProgress(kafka.bootstrap, worker.app_id, topics.inputs)
@@ -282,6 +269,10 @@ def build_app(
     async def kpi_agent(stream: Any) -> None:
         async for events in stream.noack_take(worker.batch_size, within=worker.batch_within_s):
             await runner.kpi_batch(events, stream.ack)
+
+    @app.timer(interval=0.5)  # type: ignore[untyped-decorator]
+    async def kpi_tick() -> None:
+        await runner.kpi_tick()
 
     @app.timer(interval=max(1.0, min(worker.idle_close_s / 2, 5.0)))  # type: ignore[untyped-decorator]
     async def idle_close() -> None:

@@ -34,6 +34,7 @@ __all__ = [
     "DEFAULT_POLICY",
     "ConfigurationError",
     "GovernanceSettings",
+    "build_breach_evaluator",
     "build_processor",
     "build_pseudonymiser",
     "build_validator",
@@ -155,15 +156,26 @@ def lineage_config(settings: GovernanceSettings) -> LineageConfig:
         raise ConfigurationError(f"invalid lineage settings: {exc}") from exc
 
 
-def build_processor(settings: GovernanceSettings) -> GovernanceProcessor:
-    """Returns a fresh core: join, KPI windows and the breach policy of ``settings``."""
+def build_breach_evaluator(settings: GovernanceSettings) -> BreachEvaluator:
+    """Returns a fresh evaluator of the breach policy file of ``settings``.
+
+    Raises:
+        ConfigurationError: the policy file is missing or invalid.
+    """
     try:
         policy = BreachPolicy.from_toml(settings.breach_policy.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ConfigurationError(
             f"cannot load the breach policy {settings.breach_policy}: {exc}"
         ) from exc
-    return GovernanceProcessor(lineage_config(settings), settings.kpi, BreachEvaluator(policy))
+    return BreachEvaluator(policy)
+
+
+def build_processor(settings: GovernanceSettings) -> GovernanceProcessor:
+    """Returns a fresh core: join, KPI windows and the breach policy of ``settings``."""
+    return GovernanceProcessor(
+        lineage_config(settings), settings.kpi, build_breach_evaluator(settings)
+    )
 
 
 def build_pseudonymiser(settings: GovernanceSettings) -> Pseudonymiser:

@@ -119,6 +119,19 @@ class OutputEncoder:
         encode, topic = self._codec.encode, self._topics.lineage
         return [OutgoingMessage(topic, lineage_key(r).encode(), encode(r)) for r in records]
 
+    def lineage_and_contributions(self, records: Sequence[LineageRecord]) -> list[OutgoingMessage]:
+        """The lineage messages, then the KPI contributions: one encoding per record."""
+        lineage, contributions = self._topics.lineage, self._topics.contributions
+        encode = self._codec.encode
+        bodies = [encode(r) for r in records]
+        return [
+            OutgoingMessage(lineage, lineage_key(r).encode(), body)
+            for r, body in zip(records, bodies, strict=True)
+        ] + [
+            OutgoingMessage(contributions, kpi_partition_key(r), body)
+            for r, body in zip(records, bodies, strict=True)
+        ]
+
     def contributions(self, records: Sequence[LineageRecord]) -> list[OutgoingMessage]:
         encode, topic = self._codec.encode, self._topics.contributions
         return [OutgoingMessage(topic, kpi_partition_key(r), encode(r)) for r in records]

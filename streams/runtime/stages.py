@@ -16,11 +16,14 @@ KPI contributions (each new revision, repartitioned by algorithm and finding).
 ``BreachEvaluator``. For each contribution it retracts the revision *it* applied last
 for that lineage row (kept in its own row table) and adds the new one; a revision not
 newer than the one applied is a redelivery and is ignored. Control messages close every
-window (idle close). After a batch, the aggregator and evaluator of every touched
-partition are snapshotted (pickle) into the snapshot table; on reassignment they are
-loaded from it. The contributions log replayed from the last committed offset onto the
-last snapshot yields the same outputs again: per-record processing does not depend on
-batch boundaries, so recovery is deterministic.
+window (idle close). Current values come from ``emit_current``, paced by the caller.
+At each checkpoint (``take_writes``; the worker takes one every few seconds, not every
+batch) the aggregator and evaluator of every touched partition are snapshotted
+(pickle), with the last offset applied, into the snapshot table; on reassignment they
+are loaded from it. The contributions log replayed from the last committed offset (never
+past the snapshot: offsets are committed only after it) onto the last snapshot yields
+the same final outputs again: per-record processing does not depend on batch
+boundaries, so recovery is deterministic.
 
 Equality with replay holds for *final* results: the latest lineage revision per row,
 the final value of every KPI window, the breaches and the dead letters. Intermediate
@@ -263,6 +266,28 @@ class KpiStage:
             out.applied += 1
             self._emit(part, part.aggregator.apply(old, new), out)
         return out
+
+    def emit_current(self) -> KpiBatch:
+        """Current values (and revisions of final windows) of every loaded partition.
+
+        The worker calls it on processing time (``current_interval_s``); the windows'
+        final values never depend on when, only on the contributions log.
+        """
+        out = KpiBatch()
+        for partition in sorted(self._parts):
+            part = self._parts[partition]
+            values = part.aggregator.emit_current()
+            if values:
+                self._touched.add(partition)  # what was emitted is part of the state
+                self._emit(part, values, out)
+        return out
+
+    def discard(self) -> None:
+        """Forgets staged state changes and loaded partitions (their input is redelivered)."""
+        self.rows.discard()
+        self.snapshots.discard()
+        self._touched.clear()
+        self.reset()
 
     def take_writes(self) -> list[StagedWrite]:
         """Stages snapshots, then returns every state write of the batch, snapshots first.

@@ -65,6 +65,11 @@ class WorkerSettings(BaseSettings):
         idle_close_s: after this long without input, and once the whole consumer group
             has committed every input offset, every KPI window is closed (made final).
         commit_interval_s: how often Faust commits the offsets of finished batches.
+        current_interval_s: how often current (not yet final) KPI values are published,
+            in processing time; final values are published as windows close.
+        checkpoint_interval_s: how often the KPI state (window snapshots) is written
+            and the contributions processed since are committed; a crash recomputes at
+            most this much.
         web_enabled: run Faust's web server (bound to ``web_host`` only).
         web_host: the web server's address; only loopback is allowed.
         web_port: the web server's port.
@@ -83,6 +88,8 @@ class WorkerSettings(BaseSettings):
     batch_within_s: float = Field(0.2, gt=0, le=60)
     idle_close_s: float = Field(60.0, gt=0)
     commit_interval_s: float = Field(1.0, gt=0, le=60)
+    current_interval_s: float = Field(10.0, gt=0, le=3600)
+    checkpoint_interval_s: float = Field(5.0, gt=0, le=300)
     web_enabled: bool = False
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=1, le=65535)
@@ -109,6 +116,8 @@ class _FileWorker(BaseModel):
     batch_within_s: float | None = None
     idle_close_s: float | None = None
     commit_interval_s: float | None = None
+    current_interval_s: float | None = None
+    checkpoint_interval_s: float | None = None
     web_enabled: bool | None = None
     web_host: str | None = None
     web_port: int | None = None

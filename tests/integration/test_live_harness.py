@@ -33,11 +33,9 @@ from schemas.registry import registry_from_environ
 from sinks.clickhouse.migrate import migrate
 from sinks.clickhouse.writer import ClickHouseSink
 from sinks.query import ClickHouseBackend
-from streams.core.pipeline import GovernanceProcessor
 from streams.runtime.governance import (
     build_processor,
     build_validator,
-    lineage_config,
     load_settings,
 )
 from streams.runtime.replay import replay
@@ -156,13 +154,9 @@ def replay_into(database: str, path: Path) -> None:
     settings = load_settings(demo=True)
     sink = ClickHouseSink.from_settings(ClickHouseSettings(database=database))
     try:
-        try:
-            processor = build_processor(settings)
-        except ImportError:  # streams.core.breach still without its loader: no breaches
-            processor = GovernanceProcessor(lineage_config(settings), settings.kpi, None)
         replay(
             [path],
-            processor,
+            build_processor(settings),
             sink,
             build_validator(settings),
             record_events=True,

@@ -192,6 +192,28 @@ def test_no_current_values_when_disabled_and_output_sorted() -> None:
         assert keys == sorted(keys, key=lambda k: (order[k[0]], k[1]))
 
 
+@pytest.mark.parametrize("seed", [6, 7])
+def test_current_values_on_demand_whenever_called_leave_the_batch_values(seed: int) -> None:
+    chains = [chain(s) for s in random_studies(random.Random(seed), 300)]
+    config = KpiConfig(psi_reference_ms=REFERENCE, emit_interval_ms=HOUR)
+    aggregator = KpiAggregator(config, current_on_demand=True)
+    calls = random.Random(seed)
+    values: list[KpiValue] = []
+    current: list[KpiValue] = []
+    for old, new in time_ordered(chains):
+        out = aggregator.apply(old, new)
+        assert all(v.final for v in out)  # emit_interval_ms is ignored
+        values += out
+        if calls.random() < 0.05:  # the caller's pace (processing time in the worker)
+            on_demand = aggregator.emit_current()
+            current += [v for v in on_demand if not v.final]
+            values += on_demand
+    values += aggregator.close_all()
+    assert len(current) > 50
+    assert_matches_batch(last_values(values), batch_kpis(finals(chains), REFERENCE))
+    assert aggregator.emit_current() == []  # nothing changed since close_all
+
+
 def test_state_is_bounded_by_panes_not_records() -> None:
     def state_after(days: int) -> dict[str, int]:
         chains = [chain(s) for s in random_studies(random.Random(9), days * 30, span_ms=days * DAY)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
 import pytest
@@ -169,3 +170,7 @@ def test_kpi_value_built_without_validation_equals_the_validated_model() -> None
         validated = KpiValue.model_validate(built.model_dump())
         for name in KpiValue.model_fields:
             assert type(getattr(built, name)) is type(getattr(validated, name)), name
+        assert built.model_fields_set == validated.model_fields_set
+        assert list(built.model_dump()) == list(validated.model_dump())
+        assert pickle.loads(pickle.dumps(built)) == validated
+        assert built.model_copy(update={"revision": 3}).revision == 3
