@@ -42,9 +42,14 @@ from streams.runtime.outputs import InputMessage, OutgoingMessage, OutputEncoder
 from streams.runtime.staged_store import PartitionedStore, StagedWrite
 from streams.runtime.stages import KpiBatch, KpiStage, LineageStage
 
-__all__ = ["BatchRunner", "SinkFlusher", "input_messages"]
+__all__ = ["KpiRunner", "LineageRunner", "SinkFlusher", "input_messages"]
 
 log = logging.getLogger("imgov.worker")
+
+_SLICE = 250
+"""Records the KPI agent handles between two yields to the event loop: the lineage agent
+shares the loop and is on the latency path (produce -> lineage row in ClickHouse),
+while a batch of contributions can fan out to thousands of KPI values."""
 
 
 def input_messages(events: Iterable[Any]) -> list[InputMessage]:
@@ -103,20 +108,47 @@ class SinkFlusher:
         self._executor.shutdown(wait=False)
 
 
-class BatchRunner:
-    """Runs the commit protocol for both stages; one per worker process.
+class _Producing:
+    """What both runners share: producing messages and writing state durably."""
+
+    def __init__(
+        self,
+        producer_send: Callable[[OutgoingMessage], Any],
+        producer_flush: Callable[[], Any],
+        assignment: Callable[[], frozenset[Any]],
+        encoder: OutputEncoder,
+    ) -> None:
+        self._send = producer_send
+        self._flush = producer_flush
+        self._assignment = assignment
+        self._encoder = encoder
+
+    async def _produce(self, messages: Sequence[OutgoingMessage]) -> None:
+        pending = []
+        for i, message in enumerate(messages, 1):
+            pending.append(await self._send(message))
+            if not i % _SLICE:
+                await asyncio.sleep(0)  # see _SLICE
+        await self._flush()
+        for future in pending:
+            await future  # raises if the broker refused a message
+
+    async def _write_state(self, store: PartitionedStore, writes: list[StagedWrite]) -> None:
+        if writes:
+            store.write(writes)
+            await self._flush()
+
+
+class LineageRunner(_Producing):
+    """Runs the commit protocol of the lineage stage; one per worker process.
 
     Args:
         producer_send: ``(message) -> awaitable`` that enqueues one message.
         producer_flush: waits until every enqueued message is acknowledged.
         assignment: returns the worker's current topic-partition assignment.
         encoder: turns outputs into messages.
-        lineage: the lineage stage, and ``lineage_store``/``lineage_sink`` for it.
-        kpi: the KPI stage, and ``kpi_store``/``kpi_sink`` for it.
-        current_interval_s: how often current KPI values are published.
-        checkpoint_interval_s: how often the KPI state is written and its input acked.
-        rebalancing: whether a rebalance waits for unacknowledged messages.
-        clock: monotonic seconds (idle detection, pacing).
+        stage: the lineage stage, ``store`` its state and ``sink`` its ClickHouse sink.
+        clock: monotonic seconds (idle detection).
     """
 
     def __init__(
@@ -126,51 +158,21 @@ class BatchRunner:
         producer_flush: Callable[[], Any],
         assignment: Callable[[], frozenset[Any]],
         encoder: OutputEncoder,
-        lineage: LineageStage,
-        lineage_store: PartitionedStore,
-        lineage_sink: SinkFlusher,
-        kpi: KpiStage,
-        kpi_store: PartitionedStore,
-        kpi_sink: SinkFlusher,
-        current_interval_s: float = 10.0,
-        checkpoint_interval_s: float = 5.0,
-        rebalancing: Callable[[], bool] = lambda: False,
+        stage: LineageStage,
+        store: PartitionedStore,
+        sink: SinkFlusher,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._send = producer_send
-        self._flush = producer_flush
-        self._assignment = assignment
-        self._encoder = encoder
-        self.lineage = lineage
-        self._lineage_store = lineage_store
-        self._lineage_sink = lineage_sink
-        self.kpi = kpi
-        self._kpi_store = kpi_store
-        self._kpi_sink = kpi_sink
-        self._current_interval_s = current_interval_s
-        self._checkpoint_interval_s = checkpoint_interval_s
-        self._rebalancing = rebalancing
+        super().__init__(producer_send, producer_flush, assignment, encoder)
+        self.lineage = stage
+        self._lineage_store = store
+        self._lineage_sink = sink
         self._clock = clock
-        self._kpi_lock = asyncio.Lock()
-        self._kpi_held: list[tuple[Sequence[Any], Callable[[Any], Any]]] = []
-        self._last_current_s = self._last_checkpoint_s = clock()
         self._lineage_assignment: frozenset[Any] | None = None
-        self._kpi_assignment: frozenset[Any] | None = None
         self.last_input_s = clock()
         self.closed_since_input = False
         self.in_flight = 0
         self.events_in = 0
-
-    async def _produce(self, messages: Sequence[OutgoingMessage]) -> None:
-        pending = [await self._send(m) for m in messages]
-        await self._flush()
-        for future in pending:
-            await future  # raises if the broker refused a message
-
-    async def _write_state(self, store: PartitionedStore, writes: list[StagedWrite]) -> None:
-        if writes:
-            store.write(writes)
-            await self._flush()
 
     async def lineage_batch(self, events: Sequence[Any], ack: Callable[[Any], Any]) -> None:
         """Runs one batch of input messages through the protocol, then acks them."""
@@ -204,11 +206,64 @@ class BatchRunner:
             self.last_input_s = self._clock()
             self.closed_since_input = False
 
+    async def send_close_markers(self, partitions: int) -> None:
+        """Idle close: one control message to every contributions partition."""
+        await self._produce(self._encoder.close_markers(partitions))
+        self.closed_since_input = True
+
+
+class KpiRunner(_Producing):
+    """Runs the commit protocol of the KPI stage (checkpointed); one per worker process.
+
+    Args:
+        producer_send, producer_flush, assignment, encoder: as for ``LineageRunner``.
+        stage: the KPI stage, ``store`` its state and ``sink`` its ClickHouse sink.
+        current_interval_s: how often current KPI values are published.
+        checkpoint_interval_s: how often the KPI state is written and its input acked.
+        rebalancing: whether a rebalance waits for unacknowledged messages.
+        clock: monotonic seconds (pacing).
+    """
+
+    def __init__(
+        self,
+        *,
+        producer_send: Callable[[OutgoingMessage], Any],
+        producer_flush: Callable[[], Any],
+        assignment: Callable[[], frozenset[Any]],
+        encoder: OutputEncoder,
+        stage: KpiStage,
+        store: PartitionedStore,
+        sink: SinkFlusher,
+        current_interval_s: float = 10.0,
+        checkpoint_interval_s: float = 5.0,
+        rebalancing: Callable[[], bool] = lambda: False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(producer_send, producer_flush, assignment, encoder)
+        self.kpi = stage
+        self._kpi_store = store
+        self._kpi_sink = sink
+        self._current_interval_s = current_interval_s
+        self._checkpoint_interval_s = checkpoint_interval_s
+        self._rebalancing = rebalancing
+        self._clock = clock
+        self._kpi_lock = asyncio.Lock()
+        self._kpi_held: list[tuple[Sequence[Any], Callable[[Any], Any]]] = []
+        self._last_current_s = self._last_checkpoint_s = clock()
+        self._kpi_assignment: frozenset[Any] | None = None
+
     async def kpi_batch(self, events: Sequence[Any], ack: Callable[[Any], Any]) -> None:
         """Runs one batch of contributions (steps 1-3); acks it at the next checkpoint."""
         async with self._kpi_lock:
             self._kpi_check_assignment()
-            await self._publish_kpis(self.kpi.process(input_messages(events)))
+            messages = input_messages(events)
+            batch = KpiBatch()
+            for i in range(0, len(messages), _SLICE):
+                part = self.kpi.process(messages[i : i + _SLICE])
+                batch.kpis += part.kpis
+                batch.breaches += part.breaches
+                await asyncio.sleep(0)  # see _SLICE
+            await self._publish_kpis(batch)
             self._kpi_held.append((events, ack))
             await self._kpi_due()
 
@@ -269,9 +324,8 @@ class BatchRunner:
         for record in outputs:
             sink.add(record)
         await self._kpi_sink.flush()
-        await self._produce(self._encoder.kpis(batch.kpis) + self._encoder.breaches(batch.breaches))
-
-    async def send_close_markers(self, partitions: int) -> None:
-        """Idle close: one control message to every contributions partition."""
-        await self._produce(self._encoder.close_markers(partitions))
-        self.closed_since_input = True
+        messages = self._encoder.breaches(batch.breaches)
+        for i in range(0, len(batch.kpis), _SLICE):
+            messages += self._encoder.kpis(batch.kpis[i : i + _SLICE])
+            await asyncio.sleep(0)  # see _SLICE
+        await self._produce(messages)

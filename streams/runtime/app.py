@@ -20,6 +20,9 @@ holds the latest lineage revision applied per row plus one pickled snapshot of t
 ``streams.runtime.stages``). Both tables are changelog-backed Faust tables (RocksDB via
 rocksdict by default) and are written only after the sink flushed (``agents``).
 
+A worker runs both agents (role ``all``), or one of them (roles ``lineage`` and ``kpi``,
+separate processes and consumer groups, which scale and take a core each).
+
 Windows close on the KPI watermark (event time). When input stops, the idle timer
 closes every window, like the end of an offline replay: once no input arrived for
 ``idle_close_s`` and the consumer group has committed every input offset (so no other
@@ -28,6 +31,7 @@ worker is still busy), it sends a close marker to every contributions partition.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import logging
@@ -41,7 +45,7 @@ from schemas.codec import Codec
 from schemas.registry import registry_from_environ
 from sinks.clickhouse.writer import ClickHouseSink
 from streams.core.aggregator import KpiAggregator
-from streams.runtime.agents import BatchRunner, SinkFlusher
+from streams.runtime.agents import KpiRunner, LineageRunner, SinkFlusher
 from streams.runtime.faust_fixes import apply_faust_commit_fixes
 from streams.runtime.faust_store import FaustTableStore
 from streams.runtime.governance import (
@@ -164,18 +168,18 @@ def build_app(
     kafka: KafkaSettings,
     clickhouse: ClickHouseSettings,
 ) -> faust.App:
-    """Returns the Faust app with its tables, agents and timer; nothing runs yet.
+    """Returns the Faust app of ``worker.role`` with its tables, agents and timers.
+
+    Nothing runs yet. Role ``all`` has both stages; ``lineage`` and ``kpi`` one each,
+    the KPI one as consumer group ``<app_id>-kpi`` (see ``WorkerSettings.role``).
 
     Raises:
         ConfigurationError: governance settings are invalid (e.g. no pseudonym key).
     """
     apply_faust_commit_fixes()
     topics = WorkerTopics.with_namespace(worker.topic_namespace)
-    lineage_settings = lineage_config(governance)
-    breach_template = build_breach_evaluator(governance)
-
     app = faust.App(
-        worker.app_id,
+        worker.group_id,
         broker=_broker_url(kafka.bootstrap),
         store="rocksdb://" if worker.store == "rocksdb" else "memory://",
         datadir=str(worker.datadir),
@@ -191,32 +195,7 @@ def build_app(
         producer_acks=-1,
         producer_max_request_size=4 * 1024 * 1024,
     )
-    raw: dict[str, Any] = {
-        "key_type": bytes,
-        "value_type": bytes,
-        "key_serializer": "raw",
-        "value_serializer": "raw",
-    }
-    inputs = app.topic(*topics.inputs, **raw)
-    contributions = app.topic(topics.contributions, partitions=worker.partitions, **raw)
-    table_types: dict[str, Any] = {
-        "key_type": bytes,
-        "value_type": bytes,
-        "partitions": worker.partitions,
-    }
-    lineage_table = app.Table(LINEAGE_TABLE, **table_types)
-    # KPI snapshots are one message per partition and grow with the series kept.
-    kpi_table = app.Table(
-        KPI_TABLE, extra_topic_configs={"max.message.bytes": "8388608"}, **table_types
-    )
-
     codec = Codec(registry_from_environ(os.environ), validator=build_validator(governance))
-    lineage_store = FaustTableStore(lineage_table)
-    kpi_store = FaustTableStore(kpi_table)
-    kpi_config = governance.kpi
-
-    def new_sink(name: str) -> SinkFlusher:
-        return SinkFlusher(ClickHouseSink.from_settings(clickhouse, **_SINK_OPTIONS), name)
 
     def send(message: OutgoingMessage) -> Any:
         return app.producer.send(
@@ -228,42 +207,124 @@ def build_app(
             cast(Any, list(message.headers)) or None,
         )
 
-    runner = BatchRunner(
-        producer_send=send,
-        producer_flush=lambda: app.producer.flush(),
-        assignment=lambda: frozenset(app.consumer.assignment()),
-        encoder=OutputEncoder(codec, topics),
-        lineage=LineageStage(
-            lineage_settings,
-            kpi_config.allowed_lateness_ms,
+    producing: dict[str, Any] = {
+        "producer_send": send,
+        "producer_flush": lambda: app.producer.flush(),
+        "assignment": lambda: frozenset(app.consumer.assignment()),
+        "encoder": OutputEncoder(codec, topics),
+    }
+    consumed: tuple[str, ...] = ()
+    if worker.role in ("all", "lineage"):
+        _add_lineage(app, worker, governance, kafka, clickhouse, codec, producing)
+        consumed += topics.inputs
+    if worker.role in ("all", "kpi"):
+        _add_kpi(app, worker, governance, clickhouse, codec, producing)
+        consumed += (topics.contributions,)
+    stalls = CommitStallGuard(app, consumed)
+
+    @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
+    async def commit_stalls() -> None:
+        await stalls.check()
+
+    return app
+
+
+_RAW: dict[str, Any] = {
+    "key_type": bytes,
+    "value_type": bytes,
+    "key_serializer": "raw",
+    "value_serializer": "raw",
+}
+
+
+def _table(app: faust.App, name: str, partitions: int, **options: Any) -> FaustTableStore:
+    table = app.Table(name, key_type=bytes, value_type=bytes, partitions=partitions, **options)
+    return FaustTableStore(table)
+
+
+def _new_sink(clickhouse: ClickHouseSettings, name: str) -> SinkFlusher:
+    return SinkFlusher(ClickHouseSink.from_settings(clickhouse, **_SINK_OPTIONS), name)
+
+
+def _add_lineage(
+    app: faust.App,
+    worker: WorkerSettings,
+    governance: GovernanceSettings,
+    kafka: KafkaSettings,
+    clickhouse: ClickHouseSettings,
+    codec: Codec,
+    producing: dict[str, Any],
+) -> None:
+    """The lineage agent, its table and the idle timer that closes every KPI window."""
+    topics = WorkerTopics.with_namespace(worker.topic_namespace)
+    inputs = app.topic(*topics.inputs, **_RAW)
+    store = _table(app, LINEAGE_TABLE, worker.partitions)
+    runner = LineageRunner(
+        **producing,
+        stage=LineageStage(
+            lineage_config(governance),
+            governance.kpi.allowed_lateness_ms,
             codec,
-            StagedMapping(lineage_store),
+            StagedMapping(store),
             build_pseudonymiser(governance),
             wall_clock_ms,
         ),
-        lineage_store=lineage_store,
-        lineage_sink=new_sink("lineage"),
-        kpi=KpiStage(
-            codec,
-            StagedMapping(kpi_store),
-            StagedMapping(kpi_store),
-            lambda: KpiAggregator(kpi_config, current_on_demand=True),
-            lambda: copy.deepcopy(breach_template),
-        ),
-        kpi_store=kpi_store,
-        kpi_sink=new_sink("kpi"),
-        current_interval_s=worker.current_interval_s,
-        checkpoint_interval_s=worker.checkpoint_interval_s,
-        rebalancing=lambda: bool(app.rebalancing),
+        store=store,
+        sink=_new_sink(clickhouse, "lineage"),
     )
-    stalls = CommitStallGuard(app, (*topics.inputs, topics.contributions))
-    progress = GroupProgress(kafka.bootstrap, worker.app_id, topics.inputs)
-    app.imgov_runner = runner  # type: ignore[attr-defined]
+    progress = GroupProgress(kafka.bootstrap, worker.group_id, topics.inputs)
+    app.imgov_lineage = runner  # type: ignore[attr-defined]
 
     @app.agent(inputs, name="imgov-lineage")
     async def lineage_agent(stream: Any) -> None:
         async for events in stream.noack_take(worker.batch_size, within=worker.batch_within_s):
             await runner.lineage_batch(events, stream.ack)
+
+    @app.timer(interval=max(1.0, min(worker.idle_close_s / 2, 5.0)))  # type: ignore[untyped-decorator]
+    async def idle_close() -> None:
+        if runner.closed_since_input or runner.in_flight:
+            return
+        if time.monotonic() - runner.last_input_s < worker.idle_close_s:
+            return
+        if not await asyncio.to_thread(progress.caught_up):
+            return
+        log.info("input idle and committed: closing every KPI window")
+        await runner.send_close_markers(worker.partitions)
+
+
+def _add_kpi(
+    app: faust.App,
+    worker: WorkerSettings,
+    governance: GovernanceSettings,
+    clickhouse: ClickHouseSettings,
+    codec: Codec,
+    producing: dict[str, Any],
+) -> None:
+    """The KPI agent, its table, and the timer that paces current values and checkpoints."""
+    topics = WorkerTopics.with_namespace(worker.topic_namespace)
+    contributions = app.topic(topics.contributions, partitions=worker.partitions, **_RAW)
+    # KPI snapshots are one message per partition and grow with the series kept.
+    store = _table(
+        app, KPI_TABLE, worker.partitions, extra_topic_configs={"max.message.bytes": "8388608"}
+    )
+    kpi_config = governance.kpi
+    breach_template = build_breach_evaluator(governance)
+    runner = KpiRunner(
+        **producing,
+        stage=KpiStage(
+            codec,
+            StagedMapping(store),
+            StagedMapping(store),
+            lambda: KpiAggregator(kpi_config, current_on_demand=True),
+            lambda: copy.deepcopy(breach_template),
+        ),
+        store=store,
+        sink=_new_sink(clickhouse, "kpi"),
+        current_interval_s=worker.current_interval_s,
+        checkpoint_interval_s=worker.checkpoint_interval_s,
+        rebalancing=lambda: bool(app.rebalancing),
+    )
+    app.imgov_kpi = runner  # type: ignore[attr-defined]
 
     @app.agent(contributions, name="imgov-kpi")
     async def kpi_agent(stream: Any) -> None:
@@ -273,19 +334,3 @@ def build_app(
     @app.timer(interval=0.5)  # type: ignore[untyped-decorator]
     async def kpi_tick() -> None:
         await runner.kpi_tick()
-
-    @app.timer(interval=max(1.0, min(worker.idle_close_s / 2, 5.0)))  # type: ignore[untyped-decorator]
-    async def idle_close() -> None:
-        await stalls.check()
-        if runner.closed_since_input or runner.in_flight:
-            return
-        if time.monotonic() - runner.last_input_s < worker.idle_close_s:
-            return
-        import asyncio
-
-        if not await asyncio.to_thread(progress.caught_up):
-            return
-        log.info("input idle and committed: closing every KPI window")
-        await runner.send_close_markers(worker.partitions)
-
-    return app

@@ -168,6 +168,10 @@ def run_worker(plan: WorkerPlan) -> None:
     app = build_app(plan.worker, plan.governance, plan.kafka, plan.clickhouse)
     level = "warning" if plan.worker.log_level == "warn" else plan.worker.log_level
     worker = Worker(app, loglevel=level, quiet=True)
+    # Faust's start-up spinner sets the root logger to DEBUG (so that every record turns
+    # it) for as long as the worker runs: every debug call of aiokafka and Faust then
+    # builds a record, 7% of the worker's time in the live benchmark.
+    worker.spinner = None
     worker.execute_from_commandline()
 
 

@@ -54,7 +54,12 @@ class WorkerSettings(BaseSettings):
     """What an operator may set for the live worker.
 
     Attributes:
-        app_id: Faust application id = consumer group = prefix of the state topics.
+        app_id: Faust application id = consumer group = prefix of the state topics
+            (role ``kpi`` uses ``<app_id>-kpi``, see ``group_id``).
+        role: which stages this worker runs: ``all`` (both, the default), or
+            ``lineage`` / ``kpi`` to run them as separate processes that scale, and
+            use a core, each. A deployment picks one layout: the KPI state of ``all``
+            and of ``kpi`` workers lives under different group ids.
         topic_namespace: prefix of every topic name ('' in production).
         datadir: where RocksDB keeps the state tables.
         store: ``rocksdb`` (durable, the default) or ``memory`` (state only in the
@@ -80,6 +85,7 @@ class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IMGOV_WORKER_", extra="ignore")
 
     app_id: str = Field("imgov-governance", pattern=r"^[a-zA-Z0-9._-]{1,200}$")
+    role: Literal["all", "lineage", "kpi"] = "all"
     topic_namespace: str = Field("", pattern=r"^[a-zA-Z0-9._-]{0,100}$")
     datadir: Path = STATE_DIR / "worker"
     store: Literal["rocksdb", "memory"] = "rocksdb"
@@ -96,6 +102,11 @@ class WorkerSettings(BaseSettings):
     create_topics: bool = True
     log_level: Literal["debug", "info", "warn", "warning", "error", "critical"] = "warn"
 
+    @property
+    def group_id(self) -> str:
+        """The Faust app id (consumer group, state topic prefix) of this worker's role."""
+        return f"{self.app_id}-kpi" if self.role == "kpi" else self.app_id
+
     @field_validator("web_host")
     @classmethod
     def _loopback_only(cls, value: str) -> str:
@@ -108,6 +119,7 @@ class _FileWorker(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     app_id: str | None = None
+    role: str | None = None
     topic_namespace: str | None = None
     datadir: Path | None = None
     store: str | None = None

@@ -174,6 +174,10 @@ class LiveEnv:
     suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
     workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     partitions: int = PARTITIONS
+    extra_env: dict[str, str] = field(default_factory=dict)
+    """Worker settings over the defaults below (the benchmark runs production's)."""
+    kpi_group: str | None = None
+    """The consumer group of the contributions when a ``kpi`` role worker runs."""
 
     @property
     def namespace(self) -> str:
@@ -207,6 +211,7 @@ class LiveEnv:
             "IMGOV_WORKER_IDLE_CLOSE_S": str(IDLE_CLOSE_S),
             "IMGOV_WORKER_BATCH_SIZE": "500",
             "IMGOV_WORKER_LOG_LEVEL": "warn",
+            **self.extra_env,
         }
 
     def create_topics(self) -> None:
@@ -228,12 +233,15 @@ class LiveEnv:
             )
         )
 
-    def start_worker(self, name: str = "w1") -> subprocess.Popen[bytes]:
+    def start_worker(self, name: str = "w1", role: str = "all") -> subprocess.Popen[bytes]:
+        """Starts ``imgov worker --demo``; ``role`` lineage/kpi runs one stage."""
         log = (self.tmp / f"worker-{name}.log").open("ab")
+        if role == "kpi":
+            self.kpi_group = f"{self.app_id}-kpi"
         proc = subprocess.Popen(
             [IMGOV, "worker", "--demo"],
             cwd=REPO_ROOT,
-            env=self.worker_env(name),
+            env={**self.worker_env(name), "IMGOV_WORKER_ROLE": role},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -283,7 +291,12 @@ class LiveEnv:
                 for p in sorted(consumer.partitions_for_topic(t) or ())
             ]
             ends = consumer.end_offsets(tps)
-            done = admin.list_group_offsets(self.app_id).get(self.app_id, {})
+            done = dict(admin.list_group_offsets(self.app_id).get(self.app_id, {}))
+            if self.kpi_group is not None:
+                kpi = admin.list_group_offsets(self.kpi_group).get(self.kpi_group, {})
+                done.update(
+                    {tp: o for tp, o in kpi.items() if tp.topic == self.topics.contributions}
+                )
             return sum(max(0, ends[tp] - (done[tp].offset if tp in done else 0)) for tp in tps)
         finally:
             consumer.close()

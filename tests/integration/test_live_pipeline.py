@@ -61,6 +61,18 @@ def test_live_results_equal_offline_replay(live_env: LiveEnv, tmp_path: Path) ->
     _assert_equal_to_replay(live_env, events_file)
 
 
+def test_lineage_and_kpi_roles_in_separate_workers_equal_offline_replay(
+    live_env: LiveEnv, tmp_path: Path
+) -> None:
+    events_file = tmp_path / "events.jsonl"
+    events = simulate(events_file, seed=23)
+    live_env.start_worker("lineage", role="lineage")
+    live_env.start_worker("kpi", role="kpi")
+    produce(live_env.bootstrap, encoded(events, live_env.topics))
+    live_env.wait_until_settled()
+    _assert_equal_to_replay(live_env, events_file)
+
+
 def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
     live_env: LiveEnv, tmp_path: Path
 ) -> None:

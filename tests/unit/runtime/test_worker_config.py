@@ -24,6 +24,15 @@ def test_environment_then_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert settings.batch_size == 123
     assert settings.datadir == tmp_path / "state"
     assert not settings.web_enabled
+    assert settings.role == "all" and settings.group_id == "from-file"
+
+
+def test_kpi_role_has_its_own_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMGOV_WORKER_ROLE", "kpi")
+    monkeypatch.setenv("IMGOV_WORKER_APP_ID", "gov")
+    assert load_worker_settings().group_id == "gov-kpi"
+    monkeypatch.setenv("IMGOV_WORKER_ROLE", "lineage")
+    assert load_worker_settings().group_id == "gov"
 
 
 @pytest.mark.parametrize(
@@ -33,6 +42,8 @@ def test_environment_then_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
         ("[worker]\nbatch_size = 0\n", "batch_size"),
         ("[worker]\nno_such = 1\n", "no_such"),
         ('[worker]\nstore = "redis"\n', "store"),
+        ('[worker]\nrole = "both"\n', "role"),
+        ("[worker]\ncheckpoint_interval_s = 0\n", "checkpoint_interval_s"),
     ],
 )
 def test_invalid_settings_name_the_setting(tmp_path: Path, text: str, named: str) -> None:
