@@ -12,9 +12,10 @@ Measures, in one run on the same topics:
   Events/s from the first commit until every input offset is committed (start-up
   excluded), its ratio to the ceiling, and events/s until the KPI stage has committed
   every contribution too;
-* **latency**, per layout: p50/p99 from producing an event (1k events/s for 20 s) to a
-  lineage revision that contains it being visible in ClickHouse (polled every 50 ms,
-  which adds up to 50 ms).
+* **latency**, per layout: p50/p99 from producing an event (for 20 s at 1k events/s,
+  and at 300 events/s) to a lineage revision that contains it being visible in
+  ClickHouse (polled every 50 ms, which adds up to 50 ms). Events that never form a
+  lineage row (a report no configured algorithm is eligible for) are counted apart.
 
 Appends one JSON line to ``.imgov/bench/results.jsonl``. Without the services it says
 so and exits 0, unless ``CI=true``.
@@ -37,6 +38,9 @@ import fastavro
 logging.getLogger("kafka").setLevel(logging.ERROR)
 
 RESULTS = Path(".imgov") / "bench" / "results.jsonl"
+
+LATENCY_RATES = (1000.0, 300.0)
+"""DESIGN's 1k events/s, and a rate one worker sustains on this machine (see README)."""
 
 # The test harness makes small batches (more batch boundaries to crash in); the
 # benchmark measures the worker as shipped.
@@ -264,23 +268,26 @@ def main() -> int:
                 env.stop_all()
                 drop_database(env.database)
 
-            lat_env = LiveEnv("127.0.0.1:19092", tmp, extra_env=_PRODUCTION_BATCHES)
-            create_database(lat_env.database)
-            lat_env.create_topics()
-            try:
-                _start(lat_env, layout, "latency")
-                time.sleep(15)  # start-up and the first (empty) assignment
-                latency = asyncio.run(_latency(lat_env, events, rate=1000.0, seconds=20.0))
-                print(f"{layout}: latency at 1k events/s {latency}", flush=True)
-            finally:
-                lat_env.stop_all()
-                drop_database(lat_env.database)
+            latency: dict[str, object] = {}
+            for rate in LATENCY_RATES:
+                lat_env = LiveEnv("127.0.0.1:19092", tmp, extra_env=_PRODUCTION_BATCHES)
+                create_database(lat_env.database)
+                lat_env.create_topics()
+                try:
+                    _start(lat_env, layout, "latency")
+                    time.sleep(15)  # start-up and the first (empty) assignment
+                    measured = asyncio.run(_latency(lat_env, events, rate=rate, seconds=20.0))
+                    latency[f"{rate:g}_events_per_s"] = measured
+                    print(f"{layout}: latency at {rate:g} events/s {measured}", flush=True)
+                finally:
+                    lat_env.stop_all()
+                    drop_database(lat_env.database)
             layouts[layout] = {
                 "workers": 2 if layout == "split" else 1,
                 "input_committed_events_per_s": round(live),
                 "input_to_ceiling": round(live / ceiling, 3),
                 "kpi_drained_events_per_s": round(end_to_end),
-                "latency_at_1k_per_s": latency,
+                "latency": latency,
             }
 
     result = {
