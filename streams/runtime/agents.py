@@ -269,6 +269,8 @@ class KpiRunner(_Producing):
 
     async def kpi_tick(self) -> None:
         """Timer: publishes current values and checkpoints when no batch comes to do it."""
+        if self._kpi_lock.locked():
+            return  # a batch is running; it does what is due (a checkpoint too) at its end
         async with self._kpi_lock:
             if self._kpi_held and self._rebalancing():
                 # Faust waits for every message to be acknowledged before it hands the

@@ -182,7 +182,9 @@ def build_app(
         worker.group_id,
         broker=_broker_url(kafka.bootstrap),
         store="rocksdb://" if worker.store == "rocksdb" else "memory://",
-        datadir=str(worker.datadir),
+        # Per group: Faust keeps each table's changelog offset in its RocksDB files
+        # without the topic's name, so state of another app id must never be reopened.
+        datadir=str(worker.datadir / worker.group_id),
         web_enabled=worker.web_enabled,
         web_bind=worker.web_host,
         web_host=worker.web_host,

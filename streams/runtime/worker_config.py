@@ -61,7 +61,7 @@ class WorkerSettings(BaseSettings):
             use a core, each. A deployment picks one layout: the KPI state of ``all``
             and of ``kpi`` workers lives under different group ids.
         topic_namespace: prefix of every topic name ('' in production).
-        datadir: where RocksDB keeps the state tables.
+        datadir: where RocksDB keeps the state tables (in a folder per ``group_id``).
         store: ``rocksdb`` (durable, the default) or ``memory`` (state only in the
             changelog; restored in full on every start).
         partitions: partition count of the input topics (state topics get the same).

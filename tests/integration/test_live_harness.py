@@ -206,7 +206,7 @@ class LiveEnv:
             "IMGOV_CLICKHOUSE_DATABASE": self.database,
             "IMGOV_WORKER_APP_ID": self.app_id,
             "IMGOV_WORKER_TOPIC_NAMESPACE": self.namespace,
-            "IMGOV_WORKER_DATADIR": str(self.tmp / f"state-{name}"),
+            "IMGOV_WORKER_DATADIR": str(self.tmp / f"state-{self.suffix}-{name}"),
             "IMGOV_WORKER_PARTITIONS": str(self.partitions),
             "IMGOV_WORKER_IDLE_CLOSE_S": str(IDLE_CLOSE_S),
             "IMGOV_WORKER_BATCH_SIZE": "500",
