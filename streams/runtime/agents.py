@@ -34,6 +34,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from sinks.base import Output, SinkBackpressureError, SinkError
@@ -42,7 +43,7 @@ from streams.runtime.outputs import InputMessage, OutgoingMessage, OutputEncoder
 from streams.runtime.staged_store import PartitionedStore, StagedWrite
 from streams.runtime.stages import KpiBatch, KpiStage, LineageStage
 
-__all__ = ["KpiRunner", "LineageRunner", "SinkFlusher", "input_messages"]
+__all__ = ["KpiRunner", "LineageRunner", "SinkFlusher", "WorkerIO", "input_messages"]
 
 log = logging.getLogger("imgov.worker")
 
@@ -108,45 +109,45 @@ class SinkFlusher:
         self._executor.shutdown(wait=False)
 
 
-class _Producing:
-    """What both runners share: producing messages and writing state durably."""
+@dataclass(frozen=True, slots=True)
+class WorkerIO:
+    """What both runners use to reach Kafka: producing, flushing, the assignment.
 
-    def __init__(
-        self,
-        producer_send: Callable[[OutgoingMessage], Any],
-        producer_flush: Callable[[], Any],
-        assignment: Callable[[], frozenset[Any]],
-        encoder: OutputEncoder,
-    ) -> None:
-        self._send = producer_send
-        self._flush = producer_flush
-        self._assignment = assignment
-        self._encoder = encoder
+    Attributes:
+        send: ``(message) -> awaitable`` that enqueues one message.
+        flush: waits until every enqueued message is acknowledged.
+        assignment: returns the worker's current topic-partition assignment.
+        encoder: turns outputs into messages.
+    """
 
-    async def _produce(self, messages: Sequence[OutgoingMessage]) -> None:
+    send: Callable[[OutgoingMessage], Any]
+    flush: Callable[[], Any]
+    assignment: Callable[[], frozenset[Any]]
+    encoder: OutputEncoder
+
+    async def produce(self, messages: Sequence[OutgoingMessage]) -> None:
+        """Produces ``messages`` and waits until the broker has every one of them."""
         pending = []
         for i, message in enumerate(messages, 1):
-            pending.append(await self._send(message))
+            pending.append(await self.send(message))
             if not i % _SLICE:
                 await asyncio.sleep(0)  # see _SLICE
-        await self._flush()
+        await self.flush()
         for future in pending:
             await future  # raises if the broker refused a message
 
-    async def _write_state(self, store: PartitionedStore, writes: list[StagedWrite]) -> None:
+    async def write_state(self, store: PartitionedStore, writes: list[StagedWrite]) -> None:
+        """Writes state (local store, then changelog) and waits for the changelog."""
         if writes:
             store.write(writes)
-            await self._flush()
+            await self.flush()
 
 
-class LineageRunner(_Producing):
+class LineageRunner:
     """Runs the commit protocol of the lineage stage; one per worker process.
 
     Args:
-        producer_send: ``(message) -> awaitable`` that enqueues one message.
-        producer_flush: waits until every enqueued message is acknowledged.
-        assignment: returns the worker's current topic-partition assignment.
-        encoder: turns outputs into messages.
+        io: producing, flushing and the assignment.
         stage: the lineage stage, ``store`` its state and ``sink`` its ClickHouse sink.
         clock: monotonic seconds (idle detection).
     """
@@ -154,16 +155,13 @@ class LineageRunner(_Producing):
     def __init__(
         self,
         *,
-        producer_send: Callable[[OutgoingMessage], Any],
-        producer_flush: Callable[[], Any],
-        assignment: Callable[[], frozenset[Any]],
-        encoder: OutputEncoder,
+        io: WorkerIO,
         stage: LineageStage,
         store: PartitionedStore,
         sink: SinkFlusher,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(producer_send, producer_flush, assignment, encoder)
+        self._io = io
         self.lineage = stage
         self._lineage_store = store
         self._lineage_sink = sink
@@ -178,7 +176,7 @@ class LineageRunner(_Producing):
         """Runs one batch of input messages through the protocol, then acks them."""
         self.in_flight += 1
         try:
-            assignment = self._assignment()
+            assignment = self._io.assignment()
             if assignment != self._lineage_assignment:
                 self.lineage.rebuild()
                 self._lineage_assignment = assignment
@@ -191,13 +189,13 @@ class LineageRunner(_Producing):
             for record in records:
                 sink.add(record)
             await self._lineage_sink.flush()
-            enc = self._encoder
-            await self._produce(
+            enc = self._io.encoder
+            await self._io.produce(
                 enc.lineage_and_contributions(batch.lineage)
                 + enc.reviews(batch.reviews)
                 + enc.dead_letters(batch.dead_letters)
             )
-            await self._write_state(self._lineage_store, self.lineage.state.take_writes())
+            await self._io.write_state(self._lineage_store, self.lineage.state.take_writes())
             for event in events:
                 await ack(event)
             self.events_in += len(messages)
@@ -208,15 +206,15 @@ class LineageRunner(_Producing):
 
     async def send_close_markers(self, partitions: int) -> None:
         """Idle close: one control message to every contributions partition."""
-        await self._produce(self._encoder.close_markers(partitions))
+        await self._io.produce(self._io.encoder.close_markers(partitions))
         self.closed_since_input = True
 
 
-class KpiRunner(_Producing):
+class KpiRunner:
     """Runs the commit protocol of the KPI stage (checkpointed); one per worker process.
 
     Args:
-        producer_send, producer_flush, assignment, encoder: as for ``LineageRunner``.
+        io: producing, flushing and the assignment.
         stage: the KPI stage, ``store`` its state and ``sink`` its ClickHouse sink.
         current_interval_s: how often current KPI values are published.
         checkpoint_interval_s: how often the KPI state is written and its input acked.
@@ -227,10 +225,7 @@ class KpiRunner(_Producing):
     def __init__(
         self,
         *,
-        producer_send: Callable[[OutgoingMessage], Any],
-        producer_flush: Callable[[], Any],
-        assignment: Callable[[], frozenset[Any]],
-        encoder: OutputEncoder,
+        io: WorkerIO,
         stage: KpiStage,
         store: PartitionedStore,
         sink: SinkFlusher,
@@ -239,7 +234,7 @@ class KpiRunner(_Producing):
         rebalancing: Callable[[], bool] = lambda: False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(producer_send, producer_flush, assignment, encoder)
+        self._io = io
         self.kpi = stage
         self._kpi_store = store
         self._kpi_sink = sink
@@ -285,7 +280,7 @@ class KpiRunner(_Producing):
         return sum(len(events) for events, _ in self._kpi_held)
 
     def _kpi_check_assignment(self) -> None:
-        assignment = self._assignment()
+        assignment = self._io.assignment()
         if assignment == self._kpi_assignment:
             return
         if self._kpi_held:
@@ -311,7 +306,7 @@ class KpiRunner(_Producing):
             await self._kpi_checkpoint()
 
     async def _kpi_checkpoint(self) -> None:
-        await self._write_state(self._kpi_store, self.kpi.take_writes())
+        await self._io.write_state(self._kpi_store, self.kpi.take_writes())
         held, self._kpi_held = self._kpi_held, []
         for events, ack in held:
             for event in events:
@@ -326,8 +321,8 @@ class KpiRunner(_Producing):
         for record in outputs:
             sink.add(record)
         await self._kpi_sink.flush()
-        messages = self._encoder.breaches(batch.breaches)
+        messages = self._io.encoder.breaches(batch.breaches)
         for i in range(0, len(batch.kpis), _SLICE):
-            messages += self._encoder.kpis(batch.kpis[i : i + _SLICE])
+            messages += self._io.encoder.kpis(batch.kpis[i : i + _SLICE])
             await asyncio.sleep(0)  # see _SLICE
-        await self._produce(messages)
+        await self._io.produce(messages)

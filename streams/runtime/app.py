@@ -45,7 +45,7 @@ from schemas.codec import Codec
 from schemas.registry import registry_from_environ
 from sinks.clickhouse.writer import ClickHouseSink
 from streams.core.aggregator import KpiAggregator
-from streams.runtime.agents import KpiRunner, LineageRunner, SinkFlusher
+from streams.runtime.agents import KpiRunner, LineageRunner, SinkFlusher, WorkerIO
 from streams.runtime.faust_fixes import apply_faust_commit_fixes
 from streams.runtime.faust_store import FaustTableStore
 from streams.runtime.governance import (
@@ -209,18 +209,18 @@ def build_app(
             cast(Any, list(message.headers)) or None,
         )
 
-    producing: dict[str, Any] = {
-        "producer_send": send,
-        "producer_flush": lambda: app.producer.flush(),
-        "assignment": lambda: frozenset(app.consumer.assignment()),
-        "encoder": OutputEncoder(codec, topics),
-    }
+    io = WorkerIO(
+        send=send,
+        flush=lambda: app.producer.flush(),
+        assignment=lambda: frozenset(app.consumer.assignment()),
+        encoder=OutputEncoder(codec, topics),
+    )
     consumed: tuple[str, ...] = ()
     if worker.role in ("all", "lineage"):
-        _add_lineage(app, worker, governance, kafka, clickhouse, codec, producing)
+        _add_lineage(app, worker, governance, kafka, clickhouse, codec, io)
         consumed += topics.inputs
     if worker.role in ("all", "kpi"):
-        _add_kpi(app, worker, governance, clickhouse, codec, producing)
+        _add_kpi(app, worker, governance, clickhouse, codec, io)
         consumed += (topics.contributions,)
     stalls = CommitStallGuard(app, consumed)
 
@@ -255,14 +255,14 @@ def _add_lineage(
     kafka: KafkaSettings,
     clickhouse: ClickHouseSettings,
     codec: Codec,
-    producing: dict[str, Any],
+    io: WorkerIO,
 ) -> None:
     """The lineage agent, its table and the idle timer that closes every KPI window."""
     topics = WorkerTopics.with_namespace(worker.topic_namespace)
     inputs = app.topic(*topics.inputs, **_RAW)
     store = _table(app, LINEAGE_TABLE, worker.partitions)
     runner = LineageRunner(
-        **producing,
+        io=io,
         stage=LineageStage(
             lineage_config(governance),
             governance.kpi.allowed_lateness_ms,
@@ -300,7 +300,7 @@ def _add_kpi(
     governance: GovernanceSettings,
     clickhouse: ClickHouseSettings,
     codec: Codec,
-    producing: dict[str, Any],
+    io: WorkerIO,
 ) -> None:
     """The KPI agent, its table, and the timer that paces current values and checkpoints."""
     topics = WorkerTopics.with_namespace(worker.topic_namespace)
@@ -312,7 +312,7 @@ def _add_kpi(
     kpi_config = governance.kpi
     breach_template = build_breach_evaluator(governance)
     runner = KpiRunner(
-        **producing,
+        io=io,
         stage=KpiStage(
             codec,
             StagedMapping(store),
