@@ -13,12 +13,14 @@ import socket
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 
 import pytest
 from clickhouse_driver import Client
 
 from streams.runtime.settings import REPO_ROOT
 from streams.runtime.topics import TopicRole, TopicSpec, create_topics
+from tests.integration.test_live_harness import LiveEnv, create_database, drop_database
 
 KAFKA_BOOTSTRAP = os.environ.get("IMGOV_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
 CLICKHOUSE_HOST = os.environ.get("IMGOV_CLICKHOUSE_HOST", "127.0.0.1")
@@ -172,3 +174,18 @@ def managed_kafka(kafka_bootstrap: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return kafka_bootstrap
+
+
+@pytest.fixture
+def live_env(kafka_bootstrap: str, clickhouse_writer: Client, tmp_path: Path) -> Iterator[LiveEnv]:
+    """A live test's namespace, databases (live and offline) and workers, cleaned up after."""
+    env = LiveEnv(kafka_bootstrap, tmp_path)
+    create_database(env.database)
+    create_database(env.offline_database)
+    env.create_topics()
+    try:
+        yield env
+    finally:
+        env.stop_all()
+        drop_database(env.database)
+        drop_database(env.offline_database)

@@ -392,3 +392,13 @@ def diff_summary(live: dict[str, Any], offline: dict[str, Any]) -> str:
             else:
                 parts.append(f"{key}: live {a!r} offline {b!r}")
     return "\n".join(parts)
+
+
+def assert_equal_to_replay(env: LiveEnv, events_file: Path) -> dict[str, Any]:
+    """Asserts the live tables of ``env`` equal ``replay`` of ``events_file``; returns them."""
+    replay_into(env.offline_database, events_file)
+    live, offline = final_tables(env.database), final_tables(env.offline_database)
+    assert live["duplicate_rows_in_lineage_latest"] == 0
+    assert live == offline, diff_summary(live, offline)
+    assert live["lineage"] and live["kpis"]
+    return live

@@ -9,47 +9,19 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.integration.test_live_harness import (
     LiveEnv,
-    create_database,
-    diff_summary,
-    drop_database,
+    assert_equal_to_replay,
     encoded,
-    final_tables,
     produce,
-    replay_into,
     simulate,
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
-
-
-@pytest.fixture
-def live_env(kafka_bootstrap: str, clickhouse_writer: object, tmp_path: Path) -> Iterator[LiveEnv]:
-    env = LiveEnv(kafka_bootstrap, tmp_path)
-    create_database(env.database)
-    create_database(env.offline_database)
-    env.create_topics()
-    try:
-        yield env
-    finally:
-        env.stop_all()
-        drop_database(env.database)
-        drop_database(env.offline_database)
-
-
-def _assert_equal_to_replay(env: LiveEnv, events_file: Path) -> dict[str, object]:
-    replay_into(env.offline_database, events_file)
-    live, offline = final_tables(env.database), final_tables(env.offline_database)
-    assert live["duplicate_rows_in_lineage_latest"] == 0
-    assert live == offline, diff_summary(live, offline)
-    assert live["lineage"] and live["kpis"]
-    return live
 
 
 def test_live_results_equal_offline_replay(live_env: LiveEnv, tmp_path: Path) -> None:
@@ -58,7 +30,7 @@ def test_live_results_equal_offline_replay(live_env: LiveEnv, tmp_path: Path) ->
     live_env.start_worker()
     produce(live_env.bootstrap, encoded(events, live_env.topics))
     live_env.wait_until_settled()
-    _assert_equal_to_replay(live_env, events_file)
+    assert_equal_to_replay(live_env, events_file)
 
 
 def test_lineage_and_kpi_roles_in_separate_workers_equal_offline_replay(
@@ -70,7 +42,7 @@ def test_lineage_and_kpi_roles_in_separate_workers_equal_offline_replay(
     live_env.start_worker("kpi", role="kpi")
     produce(live_env.bootstrap, encoded(events, live_env.topics))
     live_env.wait_until_settled()
-    _assert_equal_to_replay(live_env, events_file)
+    assert_equal_to_replay(live_env, events_file)
 
 
 def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
@@ -90,4 +62,4 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
         live_env.kill_worker()
         live_env.start_worker()
     live_env.wait_until_settled(timeout_s=240)
-    _assert_equal_to_replay(live_env, events_file)
+    assert_equal_to_replay(live_env, events_file)

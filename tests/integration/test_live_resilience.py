@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,40 +12,15 @@ import pytest
 from streams.runtime.settings import REPO_ROOT
 from tests.integration.test_live_harness import (
     LiveEnv,
-    create_database,
-    diff_summary,
-    drop_database,
+    assert_equal_to_replay,
     encoded,
-    final_tables,
     produce,
-    replay_into,
     simulate,
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 
 CLICKHOUSE_SCRIPT = REPO_ROOT / "infra" / "clickhouse" / "clickhouse.sh"
-
-
-@pytest.fixture
-def live_env(kafka_bootstrap: str, clickhouse_writer: object, tmp_path: Path) -> Iterator[LiveEnv]:
-    env = LiveEnv(kafka_bootstrap, tmp_path)
-    create_database(env.database)
-    create_database(env.offline_database)
-    env.create_topics()
-    try:
-        yield env
-    finally:
-        env.stop_all()
-        drop_database(env.database)
-        drop_database(env.offline_database)
-
-
-def _assert_equal_to_replay(env: LiveEnv, events_file: Path) -> None:
-    replay_into(env.offline_database, events_file)
-    live, offline = final_tables(env.database), final_tables(env.offline_database)
-    assert live["duplicate_rows_in_lineage_latest"] == 0
-    assert live == offline, diff_summary(live, offline)
 
 
 def _clickhouse(command: str) -> None:
@@ -69,7 +44,7 @@ def test_clickhouse_down_20s_mid_stream(live_env: LiveEnv, tmp_path: Path) -> No
     finally:
         _clickhouse("start")
     live_env.wait_until_settled(timeout_s=240)
-    _assert_equal_to_replay(live_env, events_file)
+    assert_equal_to_replay(live_env, events_file)
 
 
 def test_scale_one_two_one_workers(live_env: LiveEnv, tmp_path: Path) -> None:
@@ -86,7 +61,7 @@ def test_scale_one_two_one_workers(live_env: LiveEnv, tmp_path: Path) -> None:
     live_env.stop_worker("w2")
     produce(live_env.bootstrap, messages[2 * third :])
     live_env.wait_until_settled(timeout_s=240)
-    _assert_equal_to_replay(live_env, events_file)
+    assert_equal_to_replay(live_env, events_file)
 
 
 @pytest.mark.broker_restart
@@ -105,4 +80,4 @@ def test_broker_restart_mid_stream(
     kafka_script("restart")
     produce(live_env.bootstrap, messages[half:])
     live_env.wait_until_settled(timeout_s=300)
-    _assert_equal_to_replay(live_env, events_file)
+    assert_equal_to_replay(live_env, events_file)
