@@ -8,14 +8,37 @@ plain, validated values (``LineageConfig``, ``KpiConfig``, a breach policy); not
 The pseudonymisation key (DESIGN §8) comes from ``IMGOV_PSEUDONYM_KEY`` or the file
 named by ``IMGOV_PSEUDONYM_KEY_FILE``. Without either, only demo mode starts, with the
 public demo key, and says so.
+
+A key file is read exactly, never stripped: a random binary key may begin or end with
+bytes that look like whitespace, and each of them is part of the key. It holds either
+
+* the raw key bytes, used exactly as they are; or
+* a text key in a declared encoding, ``hex:<hex digits>`` or ``base64:<standard
+  base64>`` (RFC 4648 alphabet, padded), optionally followed by one line ending (LF or
+  CRLF, what ``echo`` or an editor adds), which is not part of the key. The prefix is
+  required because a random binary key can look like hex or base64 text.
+
+Refused, with a message naming the file and the fault: an empty file; a file that
+starts with a prefix but does not decode (a non-hex digit, an odd number of digits,
+bad base64 characters or padding, non-ASCII bytes); and a file without a prefix that
+is printable ASCII followed by a line ending. The last is a text key saved by an
+editor, whose line ending earlier versions stripped: taking it as key material would
+silently change every pseudonym, so the operator says what the key is (a random
+32-byte key looks like that with a probability below 1e-13).
+
+``IMGOV_PSEUDONYM_KEY`` is text: its UTF-8 bytes are the key, exactly, unless it
+carries one of the same two prefixes. Either way the key must then be at least
+``MIN_PSEUDONYM_KEY_BYTES`` long. No error message contains key material.
 """
 
 from __future__ import annotations
 
+import binascii
 import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -117,16 +140,117 @@ def load_settings(config_file: Path | None = None, *, demo: bool = False) -> Gov
     return settings
 
 
-def _key(settings: GovernanceSettings) -> bytes | None:
-    if settings.pseudonym_key is not None:
-        return settings.pseudonym_key.get_secret_value().encode()
-    if settings.pseudonym_key_file is not None:
+class _TextKeyEncoding(NamedTuple):
+    """A declared text encoding of a key: its prefix, name, the text it expects and a
+    strict decoder (raising ``binascii.Error``)."""
+
+    prefix: bytes
+    name: str
+    expected: str
+    decode: Callable[[bytes], bytes]
+
+
+_TEXT_KEY_ENCODINGS = (
+    _TextKeyEncoding(b"hex:", "hex", "an even number of hex digits", binascii.a2b_hex),
+    _TextKeyEncoding(
+        b"base64:",
+        "base64",
+        "standard base64 with its '=' padding",
+        lambda text: binascii.a2b_base64(text, strict_mode=True),
+    ),
+)
+
+_PRINTABLE_ASCII = frozenset(range(0x20, 0x7F))
+
+
+def _without_line_ending(data: bytes) -> tuple[bytes, bool]:
+    """Returns ``data`` without one final line ending (CRLF or LF), and whether it had one."""
+    for ending in (b"\r\n", b"\n"):
+        if data.endswith(ending):
+            return data[: -len(ending)], True
+    return data, False
+
+
+def _declared_text_key(raw: bytes, source: str) -> bytes | None:
+    """Returns the key that a ``hex:`` or ``base64:`` text declares, decoded.
+
+    Args:
+        raw: the key file's bytes or the UTF-8 bytes of ``IMGOV_PSEUDONYM_KEY``, unstripped.
+        source: names the origin in error messages (a path or a variable, never the key).
+
+    Returns:
+        The decoded key, or None when ``raw`` starts with neither prefix.
+
+    Raises:
+        ConfigurationError: ``raw`` starts with a prefix but does not follow its encoding.
+    """
+    encoding = next((e for e in _TEXT_KEY_ENCODINGS if raw.startswith(e.prefix)), None)
+    if encoding is None:
+        return None
+    prefix = encoding.prefix.decode()
+    text, _ = _without_line_ending(raw[len(encoding.prefix) :])
+    if not text:
+        problem = f"nothing after '{prefix}'"
+    elif not text.isascii():
+        problem = "non-ASCII bytes"
+    else:
         try:
-            return settings.pseudonym_key_file.read_bytes().strip()
-        except OSError as exc:
-            raise ConfigurationError(
-                f"cannot read the pseudonymisation key file {settings.pseudonym_key_file}: {exc}"
-            ) from exc
+            return encoding.decode(text)
+        except binascii.Error as exc:
+            # binascii's messages describe the fault and never quote the input.
+            problem = str(exc)
+    raise ConfigurationError(
+        f"the pseudonymisation key in {source} is not valid {encoding.name}: {problem} "
+        f"(expected '{prefix}' then {encoding.expected}, on one line)"
+    )
+
+
+def _file_key(path: Path) -> bytes:
+    """Returns the key held by the key file at ``path``, as the module docstring describes.
+
+    Raises:
+        ConfigurationError: the file is unreadable, empty, declares an encoding it does
+            not follow, or is a text key and a line ending without a declared encoding.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot read the pseudonymisation key file {path}: {exc}"
+        ) from exc
+    source = f"the key file {path}"
+    if not raw:
+        raise ConfigurationError(f"the pseudonymisation key in {source} is empty")
+    declared = _declared_text_key(raw, source)
+    if declared is not None:
+        return declared
+    body, had_line_ending = _without_line_ending(raw)
+    if had_line_ending and body and set(body) <= _PRINTABLE_ASCII:
+        # Earlier versions stripped this line ending; keeping it would silently change
+        # every pseudonym, so the operator decides what the key is.
+        raise ConfigurationError(
+            f"the pseudonymisation key in {source} is text followed by a line ending; "
+            "key files are read exactly, so write the key as 'hex:<digits>' or "
+            "'base64:<text>', or save it without the line ending"
+        )
+    return raw  # raw key bytes, exactly: whitespace bytes are key material too
+
+
+def _key(settings: GovernanceSettings) -> bytes | None:
+    """Returns the configured key bytes, or None when neither setting names a key.
+
+    ``IMGOV_PSEUDONYM_KEY`` wins over the key file; the length check is left to
+    :class:`LineageConfig`.
+
+    Raises:
+        ConfigurationError: the key file is unreadable or empty, or a key is malformed.
+    """
+    if settings.pseudonym_key is not None:
+        text = settings.pseudonym_key.get_secret_value().encode()
+        declared = _declared_text_key(text, "IMGOV_PSEUDONYM_KEY")
+        return text if declared is None else declared
+    if settings.pseudonym_key_file is not None:
+        return _file_key(settings.pseudonym_key_file)
     return None
 
 
@@ -134,7 +258,8 @@ def lineage_config(settings: GovernanceSettings) -> LineageConfig:
     """Returns the join's settings.
 
     Raises:
-        ConfigurationError: no key outside demo mode, or a key that is too short.
+        ConfigurationError: no key outside demo mode, a key that is too short, an
+            unreadable key file or a malformed key (see the module docstring).
     """
     key = _key(settings)
     if key is None and not settings.demo:
