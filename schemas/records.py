@@ -79,6 +79,8 @@ class DeadLetterReason(StrEnum):
     VALIDATION_FAILED = "VALIDATION_FAILED"
     LATE_AFTER_EVICTION = "LATE_AFTER_EVICTION"
     OVERSIZED = "OVERSIZED"
+    LATE_AFTER_WINDOW_CLOSED = "LATE_AFTER_WINDOW_CLOSED"
+    """A lineage revision whose KPI contribution reached windows already closed."""
 
 
 class _Record(BaseModel):
@@ -218,7 +220,11 @@ class Header(_Record):
 
 
 class DeadLetter(_Record):
-    """An input that could not be accepted, with its original bytes (DESIGN §6, §7)."""
+    """An input that could not be accepted, with its original bytes (DESIGN §6, §7).
+
+    Also a KPI contribution that reached a closed window (LATE_AFTER_WINDOW_CLOSED):
+    then ``value`` is the lineage revision (JSON) and ``message`` names the windows.
+    """
 
     reason: DeadLetterReason
     message: str

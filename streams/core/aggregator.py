@@ -3,13 +3,16 @@
 ``KpiAggregator`` is called by the replay driver and the Faust agent:
 
 - ``apply(old, new)`` for every lineage revision (``old`` None for revision 1): the
-  old revision's contribution is subtracted and the new one's added, then the
-  watermark moves on to ``new.updated_at_ms - allowed_lateness_ms``;
-- ``advance(event_time_ms)`` from the idle timer, with a time derived from the wall
-  clock, so that windows close when input stops;
+  old revision's contribution is subtracted and the new one's added;
+- ``advance(watermark_ms)`` whenever the caller's watermark moves: windows ending at
+  or before it become final. The aggregator never derives the watermark from the
+  records it happens to receive: the driver owns it (one per input source, combined
+  by their minimum, ``streams.core.watermarks``), because records of several sources
+  never arrive in one event-time order;
 - ``close_all()`` at the end of input: every window becomes final.
 
-Each returns the ``KpiValue`` records to publish, in a deterministic order.
+Each returns the ``KpiValue`` records to publish, in a deterministic order; the late
+contributions of the calls since the last one are collected by ``take_late``.
 
 State is a set of *panes*: one aggregate per (KPI, leaf series, hour) and per (KPI,
 leaf series, UTC day), where a leaf series is (site, algorithm, version, finding). A
@@ -29,7 +32,9 @@ Emission rules:
   next emission; a window emptied by retraction is re-emitted with denominator 0 and
   no value, so downstream never keeps a stale value;
 - ``late_horizon_ms`` after its end a window is *closed*: contributions to it are
-  counted in ``too_late`` (per window size) and change nothing; its panes are dropped;
+  counted in ``too_late`` (per window size), change nothing, and come back from
+  ``take_late`` as LATE_AFTER_WINDOW_CLOSED dead letters naming the windows they
+  missed (never a silent drop); its panes are dropped;
 - current (non-final) values are emitted at most every ``emit_interval_ms`` of event
   time (or, with ``current_on_demand``, only by ``emit_current``, which the caller
   paces: processing time in the live worker), only for windows that changed, and for
@@ -47,8 +52,9 @@ equals the batch recomputation, as long as no contribution was ``too_late``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 
-from schemas.records import KpiValue, LineageRecord
+from schemas.records import DeadLetter, DeadLetterReason, KpiValue, LineageRecord
 from streams.core.drift import PSI_BINS, SeriesReferences, population_stability_index
 from streams.core.kpi import (
     KPIS,
@@ -111,7 +117,6 @@ class KpiAggregator:
     def __init__(self, config: KpiConfig | None = None, *, current_on_demand: bool = False) -> None:
         self._cfg = cfg = config or KpiConfig()
         self._contribution = ContributionBuilder(cfg)
-        self._lateness = cfg.allowed_lateness_ms
         self._horizon = cfg.late_horizon_ms
         self._interval = None if current_on_demand else cfg.emit_interval_ms
         # Whether changed open windows are tracked (for current values) at all.
@@ -150,13 +155,16 @@ class KpiAggregator:
         self._compacted_to = _MIN_MS
         self._too_late = {size.name: 0 for size in WINDOW_SPECS}
         self._refused = 0
+        # Closed windows missed by the record being applied: (kpi, size, pane start).
+        self._missed: list[tuple[int, int, int]] = []
+        self._late: list[DeadLetter] = []
 
     # -- observability -------------------------------------------------------------
 
     @property
     def watermark_ms(self) -> int | None:
-        """The KPI watermark, None before the first record."""
-        return None if self._max_event_ms is None else self._wm
+        """The KPI watermark, None before the first ``advance``."""
+        return None if self._wm == _MIN_MS else self._wm
 
     @property
     def too_late(self) -> dict[str, int]:
@@ -192,6 +200,8 @@ class KpiAggregator:
         if old is None:
             for k, item in slots.items():
                 update(k, leaf, item, 1)
+            if self._missed:
+                self._record_late(new)
             return self._observe(new.updated_at_ms)
         old_dims, old_slots = self._contribution(old)
         if old_dims != dims:
@@ -209,6 +219,8 @@ class KpiAggregator:
             for k, after in slots.items():
                 if k not in old_slots:
                     update(k, leaf, after, 1)
+        if self._missed:
+            self._record_late(new)
         return self._observe(new.updated_at_ms)
 
     def retract(self, old: LineageRecord) -> None:
@@ -218,19 +230,56 @@ class KpiAggregator:
         """
         dims, slots = self._contribution(old)
         self._retract_slots(self._leaf(dims), slots)
+        if self._missed:
+            self._record_late(old)
 
     def _retract_slots(self, leaf: int, slots: dict[int, Item]) -> None:
         for k, item in slots.items():
             self._update(k, leaf, item, -1)
 
-    def advance(self, event_time_ms: int) -> list[KpiValue]:
-        """Moves event time forward without a record; returns the values that makes due.
+    def advance(self, watermark_ms: int) -> list[KpiValue]:
+        """Moves the watermark to ``watermark_ms``; returns the values that makes due.
 
-        Called by the runtime's idle timer with a time derived from the wall clock (the
-        core never reads it), so that windows become final when input stops. A time
-        not after the greatest event time seen changes nothing.
+        Called by the driver whenever its combined watermark moves (see the module
+        docstring). A watermark not after the current one changes nothing.
         """
-        return self._observe(event_time_ms)
+        if watermark_ms <= self._wm:
+            return []
+        rows = self._advance_watermark(watermark_ms)
+        return _values(rows) if rows else []
+
+    def take_late(self) -> list[DeadLetter]:
+        """Returns (and forgets) the dead letters of contributions that came too late.
+
+        One per lineage revision that reached a closed window, naming the windows it
+        missed; the revision itself is the dead letter's value (JSON).
+        """
+        late, self._late = self._late, []
+        return late
+
+    def _record_late(self, record: LineageRecord) -> None:
+        missed = sorted(set(self._missed))
+        self._missed.clear()
+        parts = []
+        for k, s, start in missed:
+            if s == 0:
+                parts.append(f"{KPIS[k].name} 1h window at {_iso(start)}")
+            else:
+                sizes = "/".join(n for i, n in ((1, "1d"), (2, "7d"), (3, "30d")) if _ALLOWED[k][i])
+                parts.append(f"{KPIS[k].name} {sizes} windows containing {_iso(start)[:10]}")
+        key = [record.site_id, record.study_uid, record.algorithm_name, record.finding_code]
+        self._late.append(
+            DeadLetter(
+                reason=DeadLetterReason.LATE_AFTER_WINDOW_CLOSED,
+                message=(
+                    f"lineage row {key} revision {record.revision} reached KPI windows "
+                    f"closed {self._horizon // _H} h after their end (KPI watermark "
+                    f"{_iso(self._wm)}); left out of: {'; '.join(parts)}"
+                ),
+                value=record.model_dump_json().encode(),
+                study_uid=record.study_uid,
+            )
+        )
 
     def emit_current(self) -> list[KpiValue]:
         """Returns current values of changed open windows and revisions of final ones.
@@ -400,6 +449,8 @@ class KpiAggregator:
         if kind is not _SCORE:  # (scores have no hour panes)
             if h < self._open_hour:
                 self._too_late["1h"] += 1
+                if _ALLOWED[k][0]:
+                    self._missed.append((k, 0, h))
             # The hour pane is also needed while its day is not compacted yet.
             if h >= self._open_hour or not compacted:
                 key = (k, leaf, h)
@@ -413,6 +464,7 @@ class KpiAggregator:
             # The earliest-ending 1 d, 7 d and 30 d windows around d all end at d + 1 d.
             for name in ("1d", "7d", "30d"):
                 self._too_late[name] += 1
+            self._missed.append((k, 1, d))
         if kind is _SCORE or compacted:
             if d >= self._open_day:
                 self._drop_slides(k, leaf, d)
@@ -440,22 +492,20 @@ class KpiAggregator:
     # -- watermark and emission ---------------------------------------------------
 
     def _observe(self, event_time_ms: int) -> list[KpiValue]:
+        """Paces current values (``emit_interval_ms`` of record time); moves no watermark."""
         if self._max_event_ms is None or event_time_ms > self._max_event_ms:
             self._max_event_ms = event_time_ms
             if self._last_emit_ms is None:
                 self._last_emit_ms = event_time_ms
-        rows: list[_Row] = []
-        wm = self._max_event_ms - self._lateness
-        if wm > self._wm:
-            rows = self._advance_watermark(wm)
         if (
             self._interval is not None
             and self._last_emit_ms is not None
             and self._max_event_ms - self._last_emit_ms >= self._interval
         ):
             self._last_emit_ms = self._max_event_ms
-            rows.extend(self._emit(self._late_candidates() | self._current_candidates()))
-        return _values(rows) if rows else []
+            rows = self._emit(self._late_candidates() | self._current_candidates())
+            return _values(rows) if rows else []
+        return []
 
     def _advance_watermark(self, wm: int) -> list[_Row]:
         """Moves the watermark; on crossing an hour boundary, finalizes and prunes.
@@ -710,6 +760,10 @@ class KpiAggregator:
                 return agg  # a revision of an older window: keep the newer slide
         self._slides[key] = (start, agg)
         return agg
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%MZ")
 
 
 def _values(rows: list[_Row]) -> list[KpiValue]:

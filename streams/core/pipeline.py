@@ -5,17 +5,24 @@
 batches they are about to commit. It performs no I/O and reads no clock: it returns
 every output as data (STYLE rule 4), and the driver decides where each goes.
 
-Event time moves forward by itself as events arrive (the greatest ``occurred_at_ms``
-seen). A driver whose input has gone quiet calls :meth:`GovernanceProcessor.advance`
-with a time of its own (the live idle timer), and at the end of a finite input calls
-:meth:`GovernanceProcessor.close`, which makes every KPI window final. Lineage inside
-its retention is left as it is at the end of input: closing a file is not the passing
-of 30 days.
+Event time is tracked per *source* (an input file, a partition): each source's
+watermark is the greatest ``occurred_at_ms`` seen there minus ``allowed_lateness_ms``,
+and the processor's watermark is their minimum (``streams.core.watermarks``), so input
+read from several sources in no global order loses nothing. Retention and the KPI
+windows both follow that one watermark, moved once per batch, after the whole batch was
+joined and counted. A driver names the sources it will read up front (``sources``), says
+when one has no more input (:meth:`GovernanceProcessor.finish_source`), and at the end of
+a finite input calls :meth:`GovernanceProcessor.close`, which makes every KPI window
+final. Lineage inside its retention is left as it is at the end of input: closing a
+file is not the passing of 30 days.
+
+Contributions that still reach a closed KPI window come back as dead letters with
+reason LATE_AFTER_WINDOW_CLOSED (and are counted in ``aggregator.too_late``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from schemas.events import Event
@@ -26,8 +33,12 @@ from streams.core.config import LineageConfig
 from streams.core.kpi_config import KpiConfig
 from streams.core.lineage import JoinOutput, LineageJoiner, LineageRevision
 from streams.core.lineage_store import StudyStore
+from streams.core.watermarks import WatermarkTracker
 
-__all__ = ["GovernanceProcessor", "ProcessorOutput", "review_candidate_for"]
+__all__ = ["DEFAULT_SOURCE", "GovernanceProcessor", "ProcessorOutput", "review_candidate_for"]
+
+DEFAULT_SOURCE = "input"
+"""The source of events given without one: a single input in one event-time order."""
 
 REVIEW_REASON = "AI positive, report absent, no interaction with the alert (secondary review)"
 
@@ -97,6 +108,9 @@ class GovernanceProcessor:
         kpi: settings of the KPI windows; defaults documented in ``kpi_config``.
         breaches: the breach policy evaluator; None evaluates no breaches.
         store: where study states live (a changelog-backed table in the live runtime).
+        sources: the sources the driver will read (e.g. every input file); each holds
+            the watermark back until it delivers or is finished. Events given without
+            a source belong to ``DEFAULT_SOURCE``.
     """
 
     def __init__(
@@ -105,59 +119,74 @@ class GovernanceProcessor:
         kpi: KpiConfig | None = None,
         breaches: BreachEvaluator | None = None,
         store: StudyStore | None = None,
+        sources: Iterable[Hashable] = (),
     ) -> None:
         self._kpi_config = kpi or KpiConfig()
         self.joiner = LineageJoiner(lineage, store)
         self.aggregator = KpiAggregator(self._kpi_config)
+        self.watermarks = WatermarkTracker(self._kpi_config.allowed_lateness_ms, sources)
         self._breaches = breaches
-        self._max_event_ms: int | None = None
+        self._watermark_ms: int | None = None
 
     @property
-    def max_event_ms(self) -> int | None:
-        """The greatest event time seen, None before the first event."""
-        return self._max_event_ms
+    def watermark_ms(self) -> int | None:
+        """The watermark retention and KPI windows follow, None before it exists."""
+        return self._watermark_ms
 
-    def process(self, events: Sequence[Event]) -> ProcessorOutput:
+    def process(
+        self, events: Sequence[Event], sources: Sequence[Hashable] | None = None
+    ) -> ProcessorOutput:
         """Applies a batch of accepted events and returns what they caused.
 
         The batch is joined as one (at most one lineage revision per row per batch;
-        the final content does not depend on how the input is cut), then studies whose
-        retention has passed are expired, then the KPI windows move.
+        the final content does not depend on how the input is cut) and its
+        contributions counted; then the watermark moves: studies whose retention has
+        passed are expired and KPI windows it passed become final.
+
+        Args:
+            events: the batch, each source's events in that source's order.
+            sources: the source of each event (parallel to ``events``); None: every
+                event is from ``DEFAULT_SOURCE``.
         """
         out = ProcessorOutput()
         if not events:
             return out
-        latest = max(event.occurred_at_ms for event in events)
-        if self._max_event_ms is None or latest > self._max_event_ms:
-            self._max_event_ms = latest
+        observe = self.watermarks.observe
+        if sources is None:
+            observe(DEFAULT_SOURCE, max(event.occurred_at_ms for event in events))
+        else:
+            for event, source in zip(events, sources, strict=True):
+                observe(source, event.occurred_at_ms)
         self._take(self.joiner.apply_many(events), out)
-        self._expire(out)
+        self._advance(out)
         return out
 
-    def advance(self, event_time_ms: int) -> ProcessorOutput:
-        """Moves event time forward without input (an idle timer); returns what fell due."""
+    def finish_source(self, source: Hashable) -> ProcessorOutput:
+        """A source has no more input: it stops holding the watermark back."""
+        self.watermarks.mark_idle(source)
         out = ProcessorOutput()
-        if self._max_event_ms is None or event_time_ms > self._max_event_ms:
-            self._max_event_ms = event_time_ms
-        self._expire(out)
-        self._kpis(self.aggregator.advance(event_time_ms), out)
+        self._advance(out)
         return out
 
     def close(self) -> ProcessorOutput:
         """End of a finite input: every KPI window becomes final and is emitted."""
         out = ProcessorOutput()
         self._kpis(self.aggregator.close_all(), out)
+        out.dead_letters.extend(self.aggregator.take_late())
         return out
 
     # --- internals ------------------------------------------------------------------
 
-    def _expire(self, out: ProcessorOutput) -> None:
-        # Retention is measured against the same watermark as the KPI windows, so a
-        # study is never evicted while an event for it could still be on time.
-        if self._max_event_ms is None:
-            return
-        watermark = self._max_event_ms - self._kpi_config.allowed_lateness_ms
-        self._take(self.joiner.advance(watermark), out)
+    def _advance(self, out: ProcessorOutput) -> None:
+        watermark = self.watermarks.watermark_ms
+        if watermark is not None and (self._watermark_ms is None or watermark > self._watermark_ms):
+            self._watermark_ms = watermark
+            # Retention follows the same watermark as the KPI windows, so a study is
+            # never evicted while an event for it could still be on time; its expiry
+            # revisions count before the windows they fall in become final.
+            self._take(self.joiner.advance(watermark), out)
+            self._kpis(self.aggregator.advance(watermark), out)
+        out.dead_letters.extend(self.aggregator.take_late())
 
     def _take(self, joined: JoinOutput, out: ProcessorOutput) -> None:
         out.dead_letters.extend(joined.dead_letters)
@@ -166,11 +195,8 @@ class GovernanceProcessor:
             review = review_candidate_for(revision)
             if review is not None:
                 out.reviews.append(review)
-        # The join returns a batch's revisions study by study; the aggregator moves its
-        # watermark with every revision, so fed in that order a batch spanning more
-        # than the allowed lateness would make windows final before the rest of the
-        # batch reached them. In event-time order (stable, at most one revision per
-        # row per batch) the batch is seen as a live stream would see it.
+        # In event-time order (stable, at most one revision per row per batch): the
+        # windows do not depend on it, the order of current values does.
         for revision in sorted(joined.revisions, key=_revision_time):
             self._kpis(self.aggregator.apply(revision.old, revision.new), out)
 

@@ -17,6 +17,11 @@ A crash anywhere before 5 redelivers the batch: steps 2-3 rewrite the same keyed
 and messages (idempotent), and the state of step 4 either is not there yet (same
 outputs again) or already contains the batch (duplicates ignored, see ``stages``).
 
+After each batch (and on a timer when input pauses), the lineage runner sends every
+input partition's new watermark to the KPI stages (after the batch's contributions, so
+a watermark never overtakes what it vouches for), marks caught-up sources idle, and
+pauses the sources that run ahead of the slowest one (resuming the others).
+
 The KPI agent does steps 1-3 per batch but 4-5 as a *checkpoint*, every
 ``checkpoint_interval_s`` (and at once when a rebalance starts): its state is one
 snapshot of the windows per partition, too large to write per batch. Between
@@ -41,7 +46,7 @@ from sinks.base import Output, SinkBackpressureError, SinkError
 from sinks.clickhouse.writer import ClickHouseSink
 from streams.runtime.outputs import InputMessage, OutgoingMessage, OutputEncoder
 from streams.runtime.staged_store import PartitionedStore, StagedWrite
-from streams.runtime.stages import KpiBatch, KpiStage, LineageStage
+from streams.runtime.stages import KpiBatch, KpiStage, LineageBatch, LineageStage
 
 __all__ = ["KpiRunner", "LineageRunner", "SinkFlusher", "WorkerIO", "input_messages"]
 
@@ -118,12 +123,18 @@ class WorkerIO:
         flush: waits until every enqueued message is acknowledged.
         assignment: returns the worker's current topic-partition assignment.
         encoder: turns outputs into messages.
+        pause: stops fetching from ``(topic, partition)`` sources.
+        resume: fetches from them again.
+        highwater: the end offset last seen of a ``(topic, partition)``, or None.
     """
 
     send: Callable[[OutgoingMessage], Any]
     flush: Callable[[], Any]
     assignment: Callable[[], frozenset[Any]]
     encoder: OutputEncoder
+    pause: Callable[[set[tuple[str, int]]], None] = lambda sources: None
+    resume: Callable[[set[tuple[str, int]]], None] = lambda sources: None
+    highwater: Callable[[str, int], int | None] = lambda topic, partition: None
 
     async def produce(self, messages: Sequence[OutgoingMessage]) -> None:
         """Produces ``messages`` and waits until the broker has every one of them."""
@@ -149,6 +160,12 @@ class LineageRunner:
     Args:
         io: producing, flushing and the assignment.
         stage: the lineage stage, ``store`` its state and ``sink`` its ClickHouse sink.
+        input_topics: the topics the stage reads (its sources, per partition).
+        contributions_partitions: partitions of the contributions topic.
+        source_idle_s: a caught-up source that delivered nothing for this long is
+            idle (left out of its partition's watermark) until its next message.
+        align_skew_ms: sources whose watermark runs more than this ahead of the
+            slowest are paused.
         clock: monotonic seconds (idle detection).
     """
 
@@ -159,15 +176,28 @@ class LineageRunner:
         stage: LineageStage,
         store: PartitionedStore,
         sink: SinkFlusher,
+        input_topics: Sequence[str] = (),
+        contributions_partitions: int = 1,
+        source_idle_s: float = 10.0,
+        align_skew_ms: int = 2 * 3_600_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._io = io
         self.lineage = stage
         self._lineage_store = store
         self._lineage_sink = sink
+        self._inputs = frozenset(input_topics)
+        self._contributions = contributions_partitions
+        self._source_idle_s = source_idle_s
+        self._align_skew_ms = align_skew_ms
         self._clock = clock
         self._lineage_assignment: frozenset[Any] | None = None
-        self.last_input_s = clock()
+        self._lock = asyncio.Lock()
+        # Per (topic, partition): the last offset processed and when it arrived.
+        self._positions: dict[tuple[str, int], tuple[int, float]] = {}
+        self._paused: set[tuple[str, int]] = set()
+        self._owned: set[tuple[str, int]] = set()
+        self._started_s = self.last_input_s = clock()
         self.closed_since_input = False
         self.in_flight = 0
         self.events_in = 0
@@ -176,38 +206,104 @@ class LineageRunner:
         """Runs one batch of input messages through the protocol, then acks them."""
         self.in_flight += 1
         try:
-            assignment = self._io.assignment()
-            if assignment != self._lineage_assignment:
-                self.lineage.rebuild()
-                self._lineage_assignment = assignment
-            messages = input_messages(events)
-            batch = self.lineage.process(messages)
-            sink = self._lineage_sink.sink
-            for event, source in batch.events:
-                sink.add_event(event, source)
-            records: list[Output] = [*batch.lineage, *batch.reviews, *batch.dead_letters]
-            for record in records:
-                sink.add(record)
-            await self._lineage_sink.flush()
-            enc = self._io.encoder
-            await self._io.produce(
-                enc.lineage_and_contributions(batch.lineage)
-                + enc.reviews(batch.reviews)
-                + enc.dead_letters(batch.dead_letters)
-            )
-            await self._io.write_state(self._lineage_store, self.lineage.state.take_writes())
-            for event in events:
-                await ack(event)
-            self.events_in += len(messages)
+            async with self._lock:
+                await self._lineage_batch(events, ack)
         finally:
             self.in_flight -= 1
             self.last_input_s = self._clock()
             self.closed_since_input = False
 
+    async def _lineage_batch(self, events: Sequence[Any], ack: Callable[[Any], Any]) -> None:
+        self._check_assignment()
+        messages = input_messages(events)
+        batch = self.lineage.process(messages)
+        now = self._clock()
+        for message in messages:
+            self._positions[(message.topic, message.partition)] = (message.offset, now)
+        await self._publish(batch)
+        await self._io.write_state(self._lineage_store, self.lineage.state.take_writes())
+        for event in events:
+            await ack(event)
+        self.events_in += len(messages)
+        await self._event_time()
+
+    async def _publish(self, batch: LineageBatch) -> None:
+        """Steps 2 and 3: the rows to ClickHouse (flushed), then the messages."""
+        sink = self._lineage_sink.sink
+        for event, source in batch.events:
+            sink.add_event(event, source)
+        records: list[Output] = [*batch.lineage, *batch.reviews, *batch.dead_letters]
+        for record in records:
+            sink.add(record)
+        await self._lineage_sink.flush()
+        enc = self._io.encoder
+        await self._io.produce(
+            enc.lineage_and_contributions(batch.lineage)
+            + enc.reviews(batch.reviews)
+            + enc.dead_letters(batch.dead_letters)
+        )
+
+    def _check_assignment(self) -> None:
+        assignment = self._io.assignment()
+        if assignment == self._lineage_assignment:
+            return
+        self.lineage.rebuild()
+        self._lineage_assignment = assignment
+        owned = {(tp[0], tp[1]) for tp in assignment if tp[0] in self._inputs}
+        self.lineage.assign({p for _, p in owned})
+        self._owned = owned
+        self._paused &= owned
+        self._positions = {s: v for s, v in self._positions.items() if s in owned}
+
+    async def watermark_tick(self) -> None:
+        """Timer: marks caught-up sources idle, then does what ``_event_time`` does.
+
+        Skipped while a batch runs: its watermark must not overtake its contributions.
+        """
+        if self._lock.locked():
+            return
+        async with self._lock:
+            self._check_assignment()
+            now = self._clock()
+            for topic, p in sorted(self._owned - self._paused):
+                if self.lineage.is_idle(topic, p):
+                    continue
+                offset, seen = self._positions.get((topic, p), (-1, self._started_s))
+                if now - seen < self._source_idle_s:
+                    continue
+                end = self._io.highwater(topic, p)
+                if end is None or offset + 1 >= end:
+                    self.lineage.mark_idle(topic, p)
+            await self._event_time()
+
+    async def _event_time(self) -> None:
+        """Expiry, watermarks to the KPI stages, and pausing the sources that run ahead."""
+        expired = LineageBatch()
+        self.lineage.expire(expired)
+        if expired.lineage or expired.dead_letters:
+            await self._publish(expired)
+            await self._io.write_state(self._lineage_store, self.lineage.state.take_writes())
+        updates = self.lineage.watermark_updates()
+        if updates:
+            await self._io.produce(self._io.encoder.watermarks(updates, self._contributions))
+        ahead = self.lineage.sources_ahead(self._align_skew_ms) & self._owned
+        pause, resume = ahead - self._paused, self._paused - ahead
+        if pause:
+            self._io.pause(pause)
+        if resume:
+            self._io.resume(resume)
+        self._paused = ahead
+
     async def send_close_markers(self, partitions: int) -> None:
         """Idle close: one control message to every contributions partition."""
-        await self._io.produce(self._io.encoder.close_markers(partitions))
-        self.closed_since_input = True
+        async with self._lock:
+            await self._io.produce(self._io.encoder.close_markers(partitions))
+            self.closed_since_input = True
+            log.warning(
+                "idle close of every KPI window; late events so far (lineage stage): "
+                "%d after eviction",
+                self.lineage.late_after_eviction,
+            )
 
 
 class KpiRunner:
@@ -257,8 +353,22 @@ class KpiRunner:
                 part = self.kpi.process(messages[i : i + _SLICE])
                 batch.kpis += part.kpis
                 batch.breaches += part.breaches
+                batch.dead_letters += part.dead_letters
+                batch.closed += part.closed
                 await asyncio.sleep(0)  # see _SLICE
             await self._publish_kpis(batch)
+            if batch.dead_letters:
+                log.warning(
+                    "%d KPI contributions reached closed windows (dead-lettered as "
+                    "LATE_AFTER_WINDOW_CLOSED); so far by window size: %s",
+                    len(batch.dead_letters),
+                    self.kpi.too_late(),
+                )
+            if batch.closed:
+                log.warning(
+                    "idle close applied; late KPI contributions so far by window size: %s",
+                    self.kpi.too_late(),
+                )
             self._kpi_held.append((events, ack))
             await self._kpi_due()
 
@@ -314,14 +424,15 @@ class KpiRunner:
         self._last_checkpoint_s = self._clock()
 
     async def _publish_kpis(self, batch: KpiBatch) -> None:
-        if not (batch.kpis or batch.breaches):
+        if not (batch.kpis or batch.breaches or batch.dead_letters):
             return
         sink = self._kpi_sink.sink
-        outputs: list[Output] = [*batch.kpis, *batch.breaches]
+        outputs: list[Output] = [*batch.kpis, *batch.breaches, *batch.dead_letters]
         for record in outputs:
             sink.add(record)
         await self._kpi_sink.flush()
         messages = self._io.encoder.breaches(batch.breaches)
+        messages += self._io.encoder.dead_letters(batch.dead_letters)
         for i in range(0, len(batch.kpis), _SLICE):
             messages += self._io.encoder.kpis(batch.kpis[i : i + _SLICE])
             await asyncio.sleep(0)  # see _SLICE

@@ -23,7 +23,10 @@ rocksdict by default) and are written only after the sink flushed (``agents``).
 A worker runs both agents (role ``all``), or one of them (roles ``lineage`` and ``kpi``,
 separate processes and consumer groups, which scale and take a core each).
 
-Windows close on the KPI watermark (event time). When input stops, the idle timer
+Windows close on the KPI watermark (event time), which the lineage agent derives per
+input partition (the minimum over its topics) and sends to every contributions
+partition; it pauses the input partitions that run ahead of the slowest, so that a
+backlog is read in roughly event-time order. When input stops, the idle timer
 closes every window, like the end of an offline replay: once no input arrived for
 ``idle_close_s`` and the consumer group has committed every input offset (so no other
 worker is still busy), it sends a close marker to every contributions partition.
@@ -40,6 +43,7 @@ import time
 from typing import Any, cast
 
 import faust
+from faust.types import TP
 
 from schemas.codec import Codec
 from schemas.registry import registry_from_environ
@@ -209,11 +213,21 @@ def build_app(
             cast(Any, list(message.headers)) or None,
         )
 
+    def highwater(topic: str, partition: int) -> int | None:
+        try:
+            end = app.consumer.highwater(TP(topic, partition))
+        except (AssertionError, KeyError, AttributeError):  # not assigned (any more)
+            return None
+        return None if end is None else int(end)
+
     io = WorkerIO(
         send=send,
         flush=lambda: app.producer.flush(),
         assignment=lambda: frozenset(app.consumer.assignment()),
         encoder=OutputEncoder(codec, topics),
+        pause=lambda sources: app.consumer.pause_partitions([TP(*s) for s in sources]),
+        resume=lambda sources: app.consumer.resume_partitions([TP(*s) for s in sources]),
+        highwater=highwater,
     )
     consumed: tuple[str, ...] = ()
     if worker.role in ("all", "lineage"):
@@ -270,9 +284,14 @@ def _add_lineage(
             StagedMapping(store),
             build_pseudonymiser(governance),
             wall_clock_ms,
+            topics.inputs,
         ),
         store=store,
         sink=_new_sink(clickhouse, "lineage"),
+        input_topics=topics.inputs,
+        contributions_partitions=worker.partitions,
+        source_idle_s=worker.source_idle_s,
+        align_skew_ms=worker.align_skew_ms,
     )
     progress = GroupProgress(kafka.bootstrap, worker.group_id, topics.inputs)
     app.imgov_lineage = runner  # type: ignore[attr-defined]
@@ -281,6 +300,10 @@ def _add_lineage(
     async def lineage_agent(stream: Any) -> None:
         async for events in stream.noack_take(worker.batch_size, within=worker.batch_within_s):
             await runner.lineage_batch(events, stream.ack)
+
+    @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
+    async def watermark_tick() -> None:
+        await runner.watermark_tick()
 
     @app.timer(interval=max(1.0, min(worker.idle_close_s / 2, 5.0)))  # type: ignore[untyped-decorator]
     async def idle_close() -> None:
@@ -319,6 +342,7 @@ def _add_kpi(
             StagedMapping(store),
             lambda: KpiAggregator(kpi_config, current_on_demand=True),
             lambda: copy.deepcopy(breach_template),
+            upstream_partitions=worker.partitions,
         ),
         store=store,
         sink=_new_sink(clickhouse, "kpi"),

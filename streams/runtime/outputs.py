@@ -21,18 +21,25 @@ from streams.runtime.worker_config import WorkerTopics
 __all__ = [
     "CONTROL_CLOSE",
     "CONTROL_HEADER",
+    "CONTROL_WATERMARK",
+    "WATERMARK_HEADER",
     "InputMessage",
     "OutgoingMessage",
     "OutputEncoder",
     "dead_letter_for_message",
     "kpi_partition_key",
     "lineage_key",
+    "parse_watermark",
 ]
 
 CONTROL_HEADER = "imgov.control"
 """Header of control messages on the contributions topic."""
 CONTROL_CLOSE = b"close"
 """Idle close: make every KPI window of this partition final (like replay's end)."""
+CONTROL_WATERMARK = b"watermark"
+"""An upstream input partition's watermark; the value is in ``WATERMARK_HEADER``."""
+WATERMARK_HEADER = "imgov.watermark"
+"""``<input partition>:<watermark ms>`` or ``<input partition>:idle`` (ASCII)."""
 
 MessageHeaders = tuple[tuple[str, bytes | None], ...]
 
@@ -97,6 +104,19 @@ def dead_letter_for_message(
         study_uid=_text(message.key),
         received_at_ms=received_at_ms,
     )
+
+
+def parse_watermark(message: InputMessage) -> tuple[int, int | None]:
+    """Returns ``(input partition, watermark ms or None for idle)`` of a watermark record.
+
+    Raises:
+        ValueError: the header is missing or malformed (a bug upstream, not bad input).
+    """
+    raw = message.header(WATERMARK_HEADER)
+    if raw is None:
+        raise ValueError(f"{message.topic}[{message.partition}]@{message.offset}: no watermark")
+    partition, _, value = raw.decode("ascii").partition(":")
+    return int(partition), None if value == "idle" else int(value)
 
 
 def _text(raw: bytes | None) -> str | None:
@@ -180,6 +200,29 @@ class OutputEncoder:
         topic = self._topics.breach
         return [
             OutgoingMessage(topic, b.breach_id.encode(), self._codec.encode(b)) for b in breaches
+        ]
+
+    def watermarks(
+        self, updates: Sequence[tuple[int, int | None]], partitions: int
+    ) -> list[OutgoingMessage]:
+        """Each input partition's watermark (None: idle) to every contributions partition.
+
+        Sent after the contributions they cover, by the same producer, so a KPI stage
+        has applied every contribution of that input partition the watermark vouches for.
+        """
+        return [
+            OutgoingMessage(
+                self._topics.contributions,
+                b"__control__",
+                b"",
+                p,
+                (
+                    (CONTROL_HEADER, CONTROL_WATERMARK),
+                    (WATERMARK_HEADER, f"{upstream}:{'idle' if wm is None else wm}".encode()),
+                ),
+            )
+            for upstream, wm in updates
+            for p in range(partitions)
         ]
 
     def close_markers(self, partitions: int) -> list[OutgoingMessage]:

@@ -1,8 +1,13 @@
 """Offline replay: event files through the governance core into a sink.
 
-``replay`` reads JSON Lines and Avro container files (``schemas.files``), delivers the
-events in file order through ``GovernanceProcessor`` in chunks, and at the end of input
-closes every KPI window as final. Lineage still inside its retention stays as it is.
+``replay`` reads JSON Lines and Avro container files (``schemas.files``), merges them
+by event time (each file in its own order), delivers the events through
+``GovernanceProcessor`` in chunks, and at the end of input closes every KPI window as
+final. Lineage still inside its retention stays as it is.
+
+Each file is one *source* with its own watermark, and the processor's watermark is
+their minimum: one file per source system (inference, alerts, reports) or one per
+partition gives the same final lineage and KPIs as the same events in one file.
 
 Bad input never stops a replay: a line or record that cannot be accepted becomes a dead
 letter carrying its reason, its original bytes and where it came from (``source_topic``
@@ -10,20 +15,27 @@ letter carrying its reason, its original bytes and where it came from (``source_
 
 The steps, in order, and why:
 
-1. Each file is read lazily; rejected inputs go to the sink at once, accepted events
-   are gathered into a chunk (``chunk_size`` events).
+1. Every file is read lazily and at once: the next event is always the one with the
+   least event time among the files' next events (a k-way merge; ties go to the file
+   named first), so the merged input is in roughly event-time order whatever the
+   layout of the files. Rejected inputs go to the sink at once, accepted events are
+   gathered into a chunk (``chunk_size`` events). When a file ends, it stops holding
+   the watermark back.
 2. A full chunk is joined as one batch (``GovernanceProcessor.process``): the core
    folds the events of a study together, so a chunk costs per study touched.
 3. The accepted events themselves go to the sink when ``record_events`` is set (the
    audit ``event_log``; the sink replaces direct identifiers, DESIGN §8), then every
    output of the chunk.
 4. At the end of input ``close`` emits the final KPI windows, and the sink is flushed
-   once: a replay either completes or reports the error that stopped it.
+   once: a replay either completes or reports the error that stopped it. The stats
+   count the contributions that still reached a closed window (``too_late``); each is
+   also a LATE_AFTER_WINDOW_CLOSED dead letter.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import heapq
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +66,8 @@ class ReplayStats:
     reviews: int = 0
     dead_letters: int = 0
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    too_late: dict[str, int] = field(default_factory=dict)
+    """KPI contributions that reached a closed window, by window size."""
 
     def count(self, out: ProcessorOutput) -> None:
         self.lineage += len(out.lineage)
@@ -90,10 +104,11 @@ def replay(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     on_progress: Callable[[int], None] | None = None,
 ) -> ReplayStats:
-    """Replays ``inputs`` in order through ``processor`` into ``sink``.
+    """Replays ``inputs``, merged by event time, through ``processor`` into ``sink``.
 
     Args:
-        inputs: JSON Lines (``.jsonl``) and Avro container (``.avro``) files.
+        inputs: JSON Lines (``.jsonl``) and Avro container (``.avro``) files, each
+            in its own order (one source each).
         processor: the core; a fresh one for a replay from scratch.
         sink: receives every output, and the accepted events when ``record_events``.
         validator: the value rules (its clock bounds how far ahead timestamps may be).
@@ -107,9 +122,17 @@ def replay(
     """
     stats = ReplayStats()
     chunk: list[Event] = []
+    sources: list[str] = []
+    names = [str(path) for path in inputs]
+    for name in names:
+        processor.watermarks.register(name)
 
-    def run(events: Sequence[Event]) -> None:
-        out = processor.process(events)
+    def run() -> None:
+        nonlocal chunk, sources
+        if not chunk:
+            return
+        events, chunk, of, sources = chunk, [], sources, []
+        out = processor.process(events, of)
         if record_events:
             for event in events:
                 sink.add(event)
@@ -117,30 +140,61 @@ def replay(
         if on_progress is not None:
             on_progress(len(events))
 
-    for path in inputs:
-        stats.files += 1
-        for item in _read(path, validator):
-            if isinstance(item, RejectedInput):
-                letter = dead_letter_for(path, item)
-                sink.add(letter)
-                stats.rejected += 1
-                stats.dead_letters += 1
-                stats._reject(letter)
-                continue
+    stats.files = len(inputs)
+    for index, item in _merge_by_event_time([_read(path, validator) for path in inputs]):
+        if item is None:  # the file ended: its events so far count first
+            run()
+            _emit(processor.finish_source(names[index]), sink, stats)
+        elif isinstance(item, RejectedInput):
+            letter = dead_letter_for(inputs[index], item)
+            sink.add(letter)
+            stats.rejected += 1
+            stats.dead_letters += 1
+            stats._reject(letter)
+        else:
             stats.events += 1
             chunk.append(item)
+            sources.append(names[index])
             if len(chunk) >= chunk_size:
-                run(chunk)
-                chunk = []
-    if chunk:
-        run(chunk)
+                run()
+    run()
     _emit(processor.close(), sink, stats)
+    stats.too_late = processor.aggregator.too_late
     sink.flush()
     return stats
 
 
 def _read(path: Path, validator: EventValidator) -> Iterable[Event | RejectedInput]:
     return read_events(path, validator=validator)
+
+
+def _merge_by_event_time(
+    files: Sequence[Iterable[Event | RejectedInput]],
+) -> Iterator[tuple[int, Event | RejectedInput | None]]:
+    """Yields ``(file index, item)`` of every file, merged by event time.
+
+    Each file keeps its own order; the next event is the one with the least
+    ``occurred_at_ms`` among the files' next events (ties: the lower index). Rejected
+    inputs come as soon as they are read; each file ends with ``(index, None)``.
+    """
+    iterators = [iter(items) for items in files]
+    heap: list[tuple[int, int, Event]] = []
+
+    def pull(index: int) -> Iterator[tuple[int, Event | RejectedInput | None]]:
+        for item in iterators[index]:
+            if isinstance(item, RejectedInput):
+                yield index, item
+                continue
+            heapq.heappush(heap, (item.occurred_at_ms, index, item))
+            return
+        yield index, None
+
+    for index in range(len(iterators)):
+        yield from pull(index)
+    while heap:
+        _, index, event = heapq.heappop(heap)
+        yield index, event
+        yield from pull(index)
 
 
 def _emit(out: ProcessorOutput, sink: Sink, stats: ReplayStats) -> None:

@@ -57,6 +57,9 @@ def _summary(stats: ReplayStats, seconds: float) -> Table:
         table.add_row(name, f"{value:,}")
     for reason, count in sorted(stats.rejected_by_reason.items()):
         table.add_row(f"  {reason}", f"{count:,}")
+    # Always shown, zeros too: a replay that left nothing out says so.
+    late = ", ".join(f"{size} {count:,}" for size, count in stats.too_late.items())
+    table.add_row("late KPI contributions", late or "0")
     table.add_row("wall time", f"{seconds:.1f} s ({rate:,.0f} events/s)")
     return table
 

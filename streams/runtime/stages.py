@@ -12,18 +12,32 @@ events per input partition (study state in a :class:`StagedMapping`), expires st
 past retention, and returns lineage revisions, review candidates, dead letters and the
 KPI contributions (each new revision, repartitioned by algorithm and finding).
 
-**KpiStage** (contributions topic): per partition, one ``KpiAggregator`` and one
-``BreachEvaluator``. For each contribution it retracts the revision *it* applied last
-for that lineage row (kept in its own row table) and adds the new one; a revision not
-newer than the one applied is a redelivery and is ignored. Control messages close every
-window (idle close). Current values come from ``emit_current``, paced by the caller.
-At each checkpoint (``take_writes``; the worker takes one every few seconds, not every
-batch) the aggregator and evaluator of every touched partition are snapshotted
-(pickle), with the last offset applied, into the snapshot table; on reassignment they
-are loaded from it. The contributions log replayed from the last committed offset (never
-past the snapshot: offsets are committed only after it) onto the last snapshot yields
-the same final outputs again: per-record processing does not depend on batch
-boundaries, so recovery is deterministic.
+Event time is kept per *source*, one input topic-partition each (DESIGN §5): an input
+partition's watermark is the minimum over its three topics (idle ones left out), and
+retention follows the minimum over the partitions this worker owns. The stage tells the
+KPI stage each input partition's watermark (``watermark_updates``: whole hours, since
+windows only change at hour boundaries, or "idle"), and names the sources that run
+ahead of the others (``sources_ahead``) so that the worker pauses them while a backlog
+is read: the partitions are then consumed in roughly event-time order, as Kafka
+Streams' timestamp-synchronised processing does.
+
+**KpiStage** (contributions topic): per partition, one ``KpiAggregator``, one
+``BreachEvaluator`` and one watermark per *upstream* input partition, taken from the
+watermark records the lineage stages send to every contributions partition after the
+contributions they cover: a window closes only once every upstream partition (idle
+ones left out) has passed its end, with one worker or several. Contributions that
+still reach a closed window become LATE_AFTER_WINDOW_CLOSED dead letters. For each
+contribution it retracts the revision *it* applied last for that lineage row (kept in
+its own row table) and adds the new one; a revision not newer than the one applied is
+a redelivery and is ignored. Close markers close every window (idle close). Current
+values come from ``emit_current``, paced by the caller. At each checkpoint
+(``take_writes``; the worker takes one every few seconds, not every batch) the
+aggregator, evaluator and upstream watermarks of every touched partition are
+snapshotted (pickle), with the last offset applied, into the snapshot table; on
+reassignment they are loaded from it. The contributions log replayed from the last
+committed offset (never past the snapshot: offsets are committed only after it) onto
+the last snapshot yields the same final outputs again: per-record processing does not
+depend on batch boundaries, so recovery is deterministic.
 
 Equality with replay holds for *final* results: the latest lineage revision per row,
 the final value of every KPI window, the breaches and the dead letters. Intermediate
@@ -35,13 +49,20 @@ from __future__ import annotations
 
 import pickle
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from schemas.codec import Codec
 from schemas.errors import DecodeError
 from schemas.events import Event
-from schemas.records import Breach, DeadLetter, KpiValue, LineageRecord, ReviewCandidate
+from schemas.records import (
+    Breach,
+    DeadLetter,
+    DeadLetterReason,
+    KpiValue,
+    LineageRecord,
+    ReviewCandidate,
+)
 from sinks.clickhouse.rows import EventSource
 from streams.core.aggregator import KpiAggregator
 from streams.core.breach import BreachEvaluator
@@ -51,12 +72,16 @@ from streams.core.lineage_output import JoinOutput
 from streams.core.lineage_store import MappingStudyStore
 from streams.core.pipeline import review_candidate_for
 from streams.core.pseudonym import Pseudonymiser
+from streams.core.watermarks import WatermarkTracker
+from streams.core.windows import HOUR_MS
 from streams.runtime.outputs import (
     CONTROL_CLOSE,
     CONTROL_HEADER,
+    CONTROL_WATERMARK,
     InputMessage,
     dead_letter_for_message,
     lineage_key,
+    parse_watermark,
 )
 from streams.runtime.staged_store import StagedMapping, StagedWrite
 
@@ -84,6 +109,8 @@ class LineageStage:
         state: where study states live (staged until the agent commits).
         pseudonymiser: removes direct identifiers from events kept for ``event_log``.
         clock_ms: wall clock for ``received_at_ms`` of dead letters.
+        input_topics: the co-partitioned input topics; each partition of each is one
+            source whose first event the partition's watermark waits for.
     """
 
     def __init__(
@@ -94,6 +121,7 @@ class LineageStage:
         state: StagedMapping,
         pseudonymiser: Pseudonymiser,
         clock_ms: Callable[[], int],
+        input_topics: Sequence[str] = (),
     ) -> None:
         self.state = state
         self.joiner = LineageJoiner(config, MappingStudyStore(state))
@@ -101,12 +129,111 @@ class LineageStage:
         self._codec = codec
         self._pseudonymiser = pseudonymiser
         self._clock_ms = clock_ms
-        self._max_event_ms: int | None = None
+        self._topics = tuple(input_topics)
+        self._partitions: dict[int, WatermarkTracker] = {}
+        self._announced: dict[int, int | None] = {}
+        self._expired_to: int | None = None
+        self.late_after_eviction = 0
 
     def rebuild(self) -> None:
         """Re-reads the expiry index from the state (after a partition reassignment)."""
         self.state.forget_partitions()
         self.joiner.rebuild_index()
+
+    def assign(self, partitions: Iterable[int]) -> None:
+        """Keeps the watermarks of ``partitions`` (the input partitions owned now)."""
+        owned = set(partitions)
+        for p in [p for p in self._partitions if p not in owned]:
+            del self._partitions[p]
+            self._announced.pop(p, None)
+        for p in owned:
+            self._tracker(p)
+
+    def _tracker(self, partition: int) -> WatermarkTracker:
+        tracker = self._partitions.get(partition)
+        if tracker is None:
+            tracker = WatermarkTracker(self._lateness, self._topics)
+            self._partitions[partition] = tracker
+        return tracker
+
+    # -- event time ------------------------------------------------------------------
+
+    def mark_idle(self, topic: str, partition: int) -> None:
+        """A source has nothing to deliver (caught up): it stops holding time back."""
+        self._tracker(partition).mark_idle(topic)
+
+    def is_idle(self, topic: str, partition: int) -> bool:
+        tracker = self._partitions.get(partition)
+        return tracker is not None and tracker.is_idle(topic)
+
+    def partition_watermark(self, partition: int) -> int | None:
+        """An input partition's watermark (None before every active source spoke)."""
+        tracker = self._partitions.get(partition)
+        return None if tracker is None else tracker.watermark_ms
+
+    def _partition_idle(self, partition: int) -> bool:
+        tracker = self._partitions[partition]
+        return bool(tracker.sources) and all(tracker.is_idle(s) for s in tracker.sources)
+
+    @property
+    def watermark_ms(self) -> int | None:
+        """What retention follows: the minimum over the owned partitions not idle.
+
+        With every owned partition idle, the greatest of their watermarks (the rule of
+        ``WatermarkTracker``, one level up).
+        """
+        low: int | None = None
+        high: int | None = None
+        for p, tracker in self._partitions.items():
+            wm = tracker.watermark_ms
+            if wm is not None and (high is None or wm > high):
+                high = wm
+            if self._partition_idle(p):
+                continue
+            if wm is None:
+                return None
+            low = wm if low is None or wm < low else low
+        return low if low is not None else high
+
+    def watermark_updates(self) -> list[tuple[int, int | None]]:
+        """``(input partition, watermark or None for idle)`` not yet told downstream.
+
+        Watermarks are cut to whole hours (windows only change at hour boundaries), so
+        the KPI stages hear from each partition about once per hour of event time.
+        """
+        updates: list[tuple[int, int | None]] = []
+        for p in sorted(self._partitions):
+            if self._partition_idle(p):
+                value: int | None = None
+            else:
+                wm = self._partitions[p].watermark_ms
+                if wm is None:
+                    continue
+                value = wm - wm % HOUR_MS
+            if p not in self._announced or self._announced[p] != value:
+                self._announced[p] = value
+                updates.append((p, value))
+        return updates
+
+    def sources_ahead(self, skew_ms: int) -> set[tuple[str, int]]:
+        """Sources whose watermark runs more than ``skew_ms`` ahead of the slowest.
+
+        The slowest is the least watermark of the active sources that have delivered;
+        the worker pauses the sources returned (and resumes the others) so that a
+        backlog is read in roughly event-time order and state stays bounded.
+        """
+        marks = [
+            (wm, topic, p)
+            for p, tracker in self._partitions.items()
+            for topic, wm in tracker.sources.items()
+            if wm is not None and not tracker.is_idle(topic)
+        ]
+        if not marks:
+            return set()
+        limit = min(wm for wm, _, _ in marks) + skew_ms
+        return {(topic, p) for wm, topic, p in marks if wm > limit}
+
+    # -- batches -----------------------------------------------------------------------
 
     def process(self, messages: Sequence[InputMessage]) -> LineageBatch:
         """Processes one batch; state changes stay staged in ``state``."""
@@ -123,6 +250,7 @@ class LineageStage:
                 out.dead_letters.append(dead_letter_for_message(message, exc, now_ms))
                 continue
             by_partition[message.partition].append(event)
+            self._tracker(message.partition).observe(message.topic, event.occurred_at_ms)
             out.events.append(
                 (
                     self._pseudonymiser.pseudonymise_event(event),
@@ -131,21 +259,25 @@ class LineageStage:
                     ),
                 )
             )
-        latest = self._max_event_ms
         for partition in sorted(by_partition):
-            events = by_partition[partition]
             self.state.use_partition(partition)
-            self._take(self.joiner.apply_many(events), out)
-            top = max(e.occurred_at_ms for e in events)
-            latest = top if latest is None or top > latest else latest
+            self._take(self.joiner.apply_many(by_partition[partition]), out)
         self.state.use_partition(None)
-        self._max_event_ms = latest
-        if latest is not None:
-            self._take(self.joiner.advance(latest - self._lateness), out)
+        self.expire(out)
         return out
+
+    def expire(self, out: LineageBatch) -> None:
+        """Expires studies past retention at the current watermark, into ``out``."""
+        wm = self.watermark_ms
+        if wm is not None and (self._expired_to is None or wm > self._expired_to):
+            self._expired_to = wm
+            self._take(self.joiner.advance(wm), out)
 
     def _take(self, joined: JoinOutput, out: LineageBatch) -> None:
         out.dead_letters.extend(joined.dead_letters)
+        self.late_after_eviction += sum(
+            1 for d in joined.dead_letters if d.reason is DeadLetterReason.LATE_AFTER_EVICTION
+        )
         for revision in joined.revisions:
             out.lineage.append(revision.new)
             review = review_candidate_for(revision)
@@ -176,14 +308,20 @@ class KpiBatch:
 
     kpis: list[KpiValue] = field(default_factory=list)
     breaches: list[Breach] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    """Contributions that reached closed windows (LATE_AFTER_WINDOW_CLOSED)."""
     applied: int = 0
     duplicates: int = 0
+    closed: int = 0
+    """Idle-close markers applied."""
 
 
 @dataclass(slots=True)
 class _KpiPartition:
     aggregator: KpiAggregator
     breaches: BreachEvaluator | None
+    upstream: WatermarkTracker
+    """One source per upstream input partition, fed by watermark records."""
     offset: int = -1
     """The last contributions offset applied to ``aggregator``."""
 
@@ -198,6 +336,8 @@ class KpiStage:
             (staged until commit); the same table as ``rows`` under other keys.
         new_aggregator: builds an empty aggregator.
         new_breaches: builds an empty breach evaluator, or None.
+        upstream_partitions: how many input partitions the lineage stages read; a
+            window closes once each of them (idle ones left out) has passed its end.
     """
 
     def __init__(
@@ -207,12 +347,14 @@ class KpiStage:
         snapshots: StagedMapping,
         new_aggregator: Callable[[], KpiAggregator],
         new_breaches: Callable[[], BreachEvaluator | None],
+        upstream_partitions: int = 1,
     ) -> None:
         self._codec = codec
         self.rows = rows
         self.snapshots = snapshots
         self._new_aggregator = new_aggregator
         self._new_breaches = new_breaches
+        self._upstream = upstream_partitions
         self._parts: dict[int, _KpiPartition] = {}
         self._touched: set[int] = set()
 
@@ -227,10 +369,19 @@ class KpiStage:
         if part is None:
             raw = self.snapshots.get(_SNAPSHOT + str(partition))
             if raw is not None:
-                aggregator, breaches, offset = pickle.loads(raw)
-                part = _KpiPartition(aggregator, breaches, offset)
+                snapshot = pickle.loads(raw)
+                if len(snapshot) == 3:  # written before upstream watermarks existed
+                    aggregator, breaches, offset = snapshot
+                    upstream = WatermarkTracker(0, range(self._upstream))
+                else:
+                    aggregator, breaches, upstream, offset = snapshot
+                part = _KpiPartition(aggregator, breaches, upstream, offset)
             else:
-                part = _KpiPartition(self._new_aggregator(), self._new_breaches())
+                part = _KpiPartition(
+                    self._new_aggregator(),
+                    self._new_breaches(),
+                    WatermarkTracker(0, range(self._upstream)),
+                )
             self._parts[partition] = part
         return part
 
@@ -246,9 +397,16 @@ class KpiStage:
             replayed = message.offset <= part.offset
             if not replayed:
                 part.offset = message.offset
-            if message.header(CONTROL_HEADER) == CONTROL_CLOSE:
+            control = message.header(CONTROL_HEADER)
+            if control == CONTROL_WATERMARK:
+                if not replayed:
+                    self._watermark(part, message, out)
+                continue
+            if control == CONTROL_CLOSE:
                 if not replayed:
                     self._emit(part, part.aggregator.close_all(), out)
+                    self._late(part, message, out)
+                    out.closed += 1
                 continue
             if not message.value:
                 continue
@@ -265,7 +423,45 @@ class KpiStage:
                 continue
             out.applied += 1
             self._emit(part, part.aggregator.apply(old, new), out)
+            self._late(part, message, out)
         return out
+
+    def _watermark(self, part: _KpiPartition, message: InputMessage, out: KpiBatch) -> None:
+        upstream, watermark = parse_watermark(message)
+        if watermark is None:
+            part.upstream.mark_idle(upstream)
+        else:
+            part.upstream.observe(upstream, watermark)
+        combined = part.upstream.watermark_ms
+        if combined is not None:
+            self._emit(part, part.aggregator.advance(combined), out)
+            self._late(part, message, out)
+
+    @staticmethod
+    def _late(part: _KpiPartition, message: InputMessage, out: KpiBatch) -> None:
+        letters = part.aggregator.take_late()
+        out.dead_letters.extend(
+            letter.model_copy(
+                update={
+                    "source_topic": message.topic,
+                    "source_partition": message.partition,
+                    "source_offset": message.offset,
+                }
+            )
+            for letter in letters
+        )
+
+    def too_late(self) -> dict[str, int]:
+        """Contributions that reached closed windows, by window size, over loaded partitions."""
+        total: dict[str, int] = {}
+        for part in self._parts.values():
+            for size, count in part.aggregator.too_late.items():
+                total[size] = total.get(size, 0) + count
+        return total
+
+    def watermarks(self) -> dict[int, int | None]:
+        """The KPI watermark of each loaded contributions partition."""
+        return {p: part.upstream.watermark_ms for p, part in sorted(self._parts.items())}
 
     def emit_current(self) -> KpiBatch:
         """Current values (and revisions of final windows) of every loaded partition.
@@ -305,7 +501,8 @@ class KpiStage:
             part = self._parts[partition]
             self.snapshots.use_partition(partition)
             self.snapshots[_SNAPSHOT + str(partition)] = pickle.dumps(
-                (part.aggregator, part.breaches, part.offset), protocol=pickle.HIGHEST_PROTOCOL
+                (part.aggregator, part.breaches, part.upstream, part.offset),
+                protocol=pickle.HIGHEST_PROTOCOL,
             )
         self.snapshots.use_partition(None)
         self.rows.use_partition(None)

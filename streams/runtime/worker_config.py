@@ -69,6 +69,12 @@ class WorkerSettings(BaseSettings):
         batch_within_s: longest wait to fill a batch.
         idle_close_s: after this long without input, and once the whole consumer group
             has committed every input offset, every KPI window is closed (made final).
+        source_idle_s: an input topic-partition that is caught up and delivered
+            nothing for this long is idle: left out of its partition's watermark (so an
+            empty partition does not stall the KPI windows) until its next message.
+        align_skew_ms: input topic-partitions whose watermark runs more than this
+            (event time) ahead of the slowest are paused until it catches up, so that
+            a backlog is read in roughly event-time order.
         commit_interval_s: how often Faust commits the offsets of finished batches.
         current_interval_s: how often current (not yet final) KPI values are published,
             in processing time; final values are published as windows close.
@@ -93,6 +99,8 @@ class WorkerSettings(BaseSettings):
     batch_size: int = Field(2_000, ge=1, le=100_000)
     batch_within_s: float = Field(0.2, gt=0, le=60)
     idle_close_s: float = Field(60.0, gt=0)
+    source_idle_s: float = Field(10.0, gt=0)
+    align_skew_ms: int = Field(2 * 3_600_000, ge=0)
     commit_interval_s: float = Field(1.0, gt=0, le=60)
     current_interval_s: float = Field(10.0, gt=0, le=3600)
     checkpoint_interval_s: float = Field(5.0, gt=0, le=300)
@@ -127,6 +135,8 @@ class _FileWorker(BaseModel):
     batch_size: int | None = None
     batch_within_s: float | None = None
     idle_close_s: float | None = None
+    source_idle_s: float | None = None
+    align_skew_ms: int | None = None
     commit_interval_s: float | None = None
     current_interval_s: float | None = None
     checkpoint_interval_s: float | None = None

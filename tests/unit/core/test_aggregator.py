@@ -18,6 +18,7 @@ from tests.unit.core.test_kpi_batch import (
     assert_matches_batch,
     batch_kpis,
     chain,
+    feed,
     interleave,
     last_values,
     random_studies,
@@ -31,7 +32,7 @@ def run(pairs: list, config: KpiConfig | None = None) -> tuple[KpiAggregator, li
     aggregator = KpiAggregator(config or KpiConfig(psi_reference_ms=REFERENCE))
     values: list[KpiValue] = []
     for old, new in pairs:
-        values += aggregator.apply(old, new)
+        values += feed(aggregator, old, new)
     values += aggregator.close_all()
     return aggregator, values
 
@@ -117,7 +118,7 @@ def test_late_contribution_re_emits_a_final_window_with_next_revision() -> None:
     aggregator = KpiAggregator(KpiConfig(emit_interval_ms=None))
     values = []
     for old, new in time_ordered([first, *rest]):
-        values += aggregator.apply(old, new)
+        values += feed(aggregator, old, new)
     before = {
         (
             v.kpi,
@@ -132,7 +133,7 @@ def test_late_contribution_re_emits_a_final_window_with_next_revision() -> None:
     }
     emitted_late = []
     for old, new in time_ordered([late]):
-        emitted_late += aggregator.apply(old, new)
+        emitted_late += feed(aggregator, old, new)
     # Revisions go out with the next emission: here when event time crosses an hour.
     emitted_late += aggregator.advance(max(c[-1].updated_at_ms for c in rest) + HOUR)
     revised = [v for v in emitted_late if v.revision > 1]
@@ -159,11 +160,11 @@ def test_contribution_after_the_horizon_is_counted_not_applied() -> None:
     config = KpiConfig(late_horizon_ms=DAY, emit_interval_ms=None)
     aggregator = KpiAggregator(config)
     for old, new in time_ordered(chains[1:]):
-        aggregator.apply(old, new)
+        feed(aggregator, old, new)
     aggregator.advance(max(c[-1].updated_at_ms for c in chains) + 40 * DAY)
     values = []
     for old, new in time_ordered(chains[:1]):
-        values += aggregator.apply(old, new)
+        values += feed(aggregator, old, new)
     assert values == []
     assert aggregator.too_late["1h"] > 0 and aggregator.too_late["30d"] > 0
     assert aggregator.state_size()["hour_panes"] == 0
@@ -174,7 +175,7 @@ def test_current_values_are_throttled_in_event_time() -> None:
     aggregator = KpiAggregator(KpiConfig(emit_interval_ms=HOUR))
     rounds = []
     for old, new in time_ordered(chains):
-        out = aggregator.apply(old, new)
+        out = feed(aggregator, old, new)
         if any(not v.final for v in out):
             rounds.append(new.updated_at_ms)
     assert len(rounds) > 10
@@ -185,7 +186,7 @@ def test_no_current_values_when_disabled_and_output_sorted() -> None:
     chains = [chain(s) for s in random_studies(random.Random(4), 200)]
     aggregator = KpiAggregator(KpiConfig(emit_interval_ms=None))
     for old, new in time_ordered(chains):
-        out = aggregator.apply(old, new)
+        out = feed(aggregator, old, new)
         assert all(v.final for v in out)
         keys = [(v.window_size, v.window_start_ms, v.kpi) for v in out]
         order = {"1h": 0, "1d": 1, "7d": 2, "30d": 3}
@@ -201,7 +202,7 @@ def test_current_values_on_demand_whenever_called_leave_the_batch_values(seed: i
     values: list[KpiValue] = []
     current: list[KpiValue] = []
     for old, new in time_ordered(chains):
-        out = aggregator.apply(old, new)
+        out = feed(aggregator, old, new)
         assert all(v.final for v in out)  # emit_interval_ms is ignored
         values += out
         if calls.random() < 0.05:  # the caller's pace (processing time in the worker)
@@ -254,7 +255,7 @@ def test_add_then_retract_is_empty(seed: int, n: int) -> None:
     aggregator = KpiAggregator(config)
     values = []
     for old, new in time_ordered(chains):
-        values += aggregator.apply(old, new)
+        values += feed(aggregator, old, new)
     for c in chains:
         aggregator.retract(c[-1])
     values += aggregator.close_all()
@@ -274,7 +275,7 @@ def test_counts_never_go_negative_even_for_bogus_retractions(
     aggregator = KpiAggregator(KpiConfig(psi_reference_ms=REFERENCE))
     values = []
     for old, new in time_ordered(chains):
-        values += aggregator.apply(old, new)
+        values += feed(aggregator, old, new)
         # Interleave retractions of random records, most of them not current.
         for bogus in data.draw(st.lists(st.sampled_from(records), max_size=2)):
             aggregator.retract(bogus)

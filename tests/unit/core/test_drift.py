@@ -12,6 +12,7 @@ from schemas.records import Completeness, LineageRecord, Outcome
 from streams.core.aggregator import KpiAggregator
 from streams.core.drift import ScoreReference, population_stability_index, score_bin
 from streams.core.kpi_config import KpiConfig
+from tests.unit.core.test_kpi_batch import feed
 
 DAY = 86_400_000
 START = 1_735_689_600_000
@@ -106,7 +107,7 @@ def test_score_psi_kpi_after_the_reference_period() -> None:
         for i in range(300):
             t = START + day * DAY + i * 280_000
             score = min(1.0, max(0.0, rng.betavariate(2, 5) + shift))
-            values += aggregator.apply(None, _inference(f"{day}-{i}", t, score))
+            values += feed(aggregator, None, _inference(f"{day}-{i}", t, score))
     values += aggregator.close_all()
     psi = {
         (v.window_start_ms - START) // DAY: v

@@ -92,6 +92,7 @@ def _kpi_stage(store: DictPartitionedStore, *, on_demand: bool = False) -> KpiSt
         StagedMapping(store),
         lambda: KpiAggregator(settings.kpi, current_on_demand=on_demand),
         lambda: None,
+        upstream_partitions=3,
     )
 
 
@@ -114,25 +115,33 @@ def _finals(values: list[KpiValue]) -> dict[tuple, KpiValue]:
 
 
 def _contributions_log() -> tuple[list[InputMessage], dict[tuple, KpiValue]]:
-    """A contributions log (one partition, ending in a close marker) and its finals."""
+    """A contributions log as the lineage stage writes it, and the finals of replay.
+
+    The events are read from three input partitions, batch by batch; after each batch
+    come its contributions, then the watermark records of the partitions that moved
+    (what ``LineageRunner`` produces), all into one contributions partition, which
+    ends with an idle-close marker.
+    """
     settings = load_settings(demo=True)
     codec = _codec()
+    # Each input partition in event-time order, as producers append to a topic.
+    events = sorted(sample_events(300, seed=5, end_ms=NOW_MS), key=lambda e: e.occurred_at_ms)
     processor = GovernanceProcessor(lineage_config(settings), settings.kpi, None)
-    events = sample_events(300, seed=5, end_ms=NOW_MS)
-    revisions: list[LineageRecord] = []
-    for i in range(0, len(events), 25):
-        revisions += processor.process(events[i : i + 25]).lineage
-    agg = KpiAggregator(settings.kpi)
-    rows: dict[str, LineageRecord] = {}
-    ref_values: list[KpiValue] = []
-    for r in revisions:
-        ref_values += agg.apply(rows.get(lineage_key(r)), r)
-        rows[lineage_key(r)] = r
-    ref_values += agg.close_all()
+    ref_values = processor.process(events).kpis + processor.close().kpis
+    assert set(processor.aggregator.too_late.values()) == {0}
     reference = _finals(ref_values)
 
+    stage = _lineage_stage(DictPartitionedStore())
+    stage.assign(range(3))
     encoder = OutputEncoder(codec, TOPICS)
-    contributions = encoder.contributions(revisions) + encoder.close_markers(1)
+    contributions = []
+    messages = _messages(events, codec)
+    for i in range(0, len(messages), 25):
+        batch = stage.process(messages[i : i + 25])
+        stage.state.commit()
+        contributions += encoder.contributions(batch.lineage)
+        contributions += encoder.watermarks(stage.watermark_updates(), 1)
+    contributions += encoder.close_markers(1)
     log = [
         InputMessage(TOPICS.contributions, 0, off, m.key, m.value, m.headers)
         for off, m in enumerate(contributions)
@@ -209,3 +218,107 @@ def test_lineage_and_contributions_share_one_encoding() -> None:
     ]
     assert [codec.decode(m.value, LineageRecord) for m in both[:n]] == revisions
     assert [m.key for m in both[:n]] == [lineage_key(r).encode() for r in revisions]
+
+
+def _at(topic: str, partition: int, offset: int, event: object, codec: Codec) -> InputMessage:
+    return InputMessage(topic, partition, offset, b"k", codec.encode(event))  # type: ignore[arg-type]
+
+
+def test_lineage_stage_watermark_per_partition_is_the_minimum_over_its_topics() -> None:
+    codec = _codec()
+    settings = load_settings(demo=True)
+    lateness = settings.kpi.allowed_lateness_ms
+    stage = LineageStage(
+        lineage_config(settings),
+        lateness,
+        codec,
+        StagedMapping(DictPartitionedStore()),
+        build_pseudonymiser(settings),
+        lambda: NOW_MS,
+        (TOPICS.inference, TOPICS.report),
+    )
+    stage.assign([0, 1])
+    hour = 3_600_000
+    base = NOW_MS - NOW_MS % hour - 100 * hour
+    events = sample_events(4, seed=1, end_ms=NOW_MS)
+    at = [e.model_copy(update={"occurred_at_ms": base + i * hour}) for i, e in enumerate(events)]
+    # Partition 0: inference far ahead (30 h), report at 2 h. Partition 1: nothing yet.
+    stage.process(
+        [
+            _at(
+                TOPICS.inference,
+                0,
+                0,
+                at[0].model_copy(update={"occurred_at_ms": base + 30 * hour}),
+                codec,
+            ),
+            _at(
+                TOPICS.report,
+                0,
+                0,
+                at[1].model_copy(update={"occurred_at_ms": base + 2 * hour}),
+                codec,
+            ),
+        ]
+    )
+    stage.state.commit()
+    assert stage.partition_watermark(0) == base + 2 * hour - lateness
+    assert stage.partition_watermark(1) is None
+    assert stage.watermark_ms is None  # partition 1 holds retention back
+    assert stage.watermark_updates() == [(0, base)]  # whole hours only
+    assert stage.watermark_updates() == []  # told once
+    # The inference topic of partition 0 runs 28 h ahead of the slowest source.
+    assert stage.sources_ahead(2 * hour) == {(TOPICS.inference, 0)}
+    assert stage.sources_ahead(40 * hour) == set()
+    # Partition 1 is empty and caught up: idle, told as such, no longer holding back.
+    stage.mark_idle(TOPICS.inference, 1)
+    stage.mark_idle(TOPICS.report, 1)
+    assert stage.watermark_updates() == [(1, None)]
+    assert stage.watermark_ms == base + 2 * hour - lateness
+    # Partition 0's report topic idle too: partition 0 follows its inference topic.
+    stage.mark_idle(TOPICS.report, 0)
+    assert stage.partition_watermark(0) == base + 30 * hour - lateness
+    assert stage.watermark_updates() == [(0, base + 28 * hour)]
+
+
+def test_kpi_windows_close_only_when_every_upstream_partition_passed_them() -> None:
+    codec = _codec()
+    encoder = OutputEncoder(codec, TOPICS)
+    settings = load_settings(demo=True)
+    processor = GovernanceProcessor(lineage_config(settings), settings.kpi, None)
+    events = sorted(sample_events(120, seed=9, end_ms=NOW_MS), key=lambda e: e.occurred_at_ms)
+    revisions = processor.process(events).lineage
+    end = max(r.updated_at_ms for r in revisions)
+    log = encoder.contributions(revisions) + encoder.watermarks([(0, end + 40 * 86_400_000)], 1)
+    messages = [
+        InputMessage(TOPICS.contributions, 0, off, m.key, m.value, m.headers)
+        for off, m in enumerate(log)
+    ]
+    stage = _kpi_stage(DictPartitionedStore())  # three upstream partitions
+    out = stage.process(messages)
+    assert out.kpis == [] or all(not v.final for v in out.kpis)  # 1 and 2 not heard from
+    more = encoder.watermarks([(1, end + 40 * 86_400_000), (2, None)], 1)
+    out = stage.process(
+        [
+            InputMessage(TOPICS.contributions, 0, len(log) + i, m.key, m.value, m.headers)
+            for i, m in enumerate(more)
+        ]
+    )
+    assert out.kpis and all(v.final for v in out.kpis)
+    assert stage.watermarks() == {0: end + 40 * 86_400_000}
+    # A contribution for a window closed long ago: applied nowhere, dead-lettered.
+    late = revisions[0]
+    late_again = late.model_copy(update={"revision": 99, "study_uid": late.study_uid + ".x"})
+    [message] = encoder.contributions([late_again])
+    offset = len(log) + len(more)
+    out = stage.process([InputMessage(TOPICS.contributions, 0, offset, message.key, message.value)])
+    assert out.kpis == []
+    assert len(out.dead_letters) == 1
+    letter = out.dead_letters[0]
+    assert letter.reason.value == "LATE_AFTER_WINDOW_CLOSED"
+    assert (letter.source_topic, letter.source_partition, letter.source_offset) == (
+        TOPICS.contributions,
+        0,
+        offset,
+    )
+    assert sum(stage.too_late().values()) > 0

@@ -181,7 +181,7 @@ def test_publish_then_decode_through_the_http_registry(
     state, url = fake
     result = CliRunner().invoke(schemas_app, ["publish", "--url", url])
     assert result.exit_code == 0, result.output
-    assert len(state.schemas) == 9 and len(state.subjects[INFERENCE]) == 2
+    assert len(state.schemas) == 10 and len(state.subjects[INFERENCE]) == 2
     codec = Codec(HttpSchemaRegistry(url))
     for event in events[:20]:
         encoded = codec.encode(event)
