@@ -5,8 +5,10 @@ reads no environment. Every duration is integer milliseconds of *event time*.
 
 Defaults, and why:
 
-- ``allowed_lateness_ms`` = 2 h. The watermark is the greatest event time seen minus
-  this. Reports trail inference by days, but a KPI is timed by its *own* event (report
+- ``allowed_lateness_ms`` = 2 h. A source's watermark is the greatest event time seen
+  in that source minus this; the drivers combine their sources' watermarks by the
+  minimum (``streams.core.watermarks``) and move the aggregator with it. Reports
+  trail inference by days, but a KPI is timed by its *own* event (report
   final, inference, alert raised) and a lineage revision usually arrives when that
   event does, so days of reporting delay do not make contributions late. What does
   arrive after its event time is: alert responses (minutes to a few hours after the
@@ -43,7 +45,7 @@ class KpiConfig(BaseModel):
     """Options of KPI windows, drift and duration buckets.
 
     Attributes:
-        allowed_lateness_ms: watermark = max event time seen - this.
+        allowed_lateness_ms: a source's watermark = its max event time seen - this.
         late_horizon_ms: how long a final window still accepts (and re-emits) late
             contributions before it is closed and its panes may be dropped; whole
             hours, so that windows only close when the watermark crosses an hour.

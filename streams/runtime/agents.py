@@ -126,6 +126,8 @@ class WorkerIO:
         pause: stops fetching from ``(topic, partition)`` sources.
         resume: fetches from them again.
         highwater: the end offset last seen of a ``(topic, partition)``, or None.
+        settled: whether the assignment is stable (no rebalance or table recovery
+            running, during which the consumer's own pauses must be left alone).
     """
 
     send: Callable[[OutgoingMessage], Any]
@@ -135,6 +137,7 @@ class WorkerIO:
     pause: Callable[[set[tuple[str, int]]], None] = lambda sources: None
     resume: Callable[[set[tuple[str, int]]], None] = lambda sources: None
     highwater: Callable[[str, int], int | None] = lambda topic, partition: None
+    settled: Callable[[], bool] = lambda: True
 
     async def produce(self, messages: Sequence[OutgoingMessage]) -> None:
         """Produces ``messages`` and waits until the broker has every one of them."""
@@ -197,6 +200,7 @@ class LineageRunner:
         self._positions: dict[tuple[str, int], tuple[int, float]] = {}
         self._paused: set[tuple[str, int]] = set()
         self._owned: set[tuple[str, int]] = set()
+        self._hold_pauses_until_input = False
         self._started_s = self.last_input_s = clock()
         self.closed_since_input = False
         self.in_flight = 0
@@ -220,6 +224,7 @@ class LineageRunner:
         now = self._clock()
         for message in messages:
             self._positions[(message.topic, message.partition)] = (message.offset, now)
+        self._hold_pauses_until_input = False
         await self._publish(batch)
         await self._io.write_state(self._lineage_store, self.lineage.state.take_writes())
         for event in events:
@@ -269,11 +274,25 @@ class LineageRunner:
                 if self.lineage.is_idle(topic, p):
                     continue
                 offset, seen = self._positions.get((topic, p), (-1, self._started_s))
-                if now - seen < self._source_idle_s:
+                # While sources are paused for it, a caught-up source is idle at once:
+                # waiting the idle time would stall the whole backlog.
+                if now - seen < self._source_idle_s and not self._paused:
                     continue
+                # Idle means caught up, not merely quiet: a source with messages left
+                # (or whose end is not known yet) keeps holding the watermark.
                 end = self._io.highwater(topic, p)
-                if end is None or offset + 1 >= end:
+                if end is not None and offset + 1 >= end:
+                    log.debug("source %s[%d] caught up at offset %d: idle", topic, p, offset)
                     self.lineage.mark_idle(topic, p)
+            if self._paused and now - self.last_input_s >= self._source_idle_s:
+                # Pausing only bounds state; it must never stall. Nothing arrived for a
+                # while with sources paused: let everything flow (the watermark, a
+                # minimum, keeps the results right either way).
+                log.info("no input for %.0f s with %d sources paused: resuming them",
+                         now - self.last_input_s, len(self._paused))  # fmt: skip
+                self._io.resume(set(self._paused))
+                self._paused.clear()
+                self._hold_pauses_until_input = True
             await self._event_time()
 
     async def _event_time(self) -> None:
@@ -286,11 +305,15 @@ class LineageRunner:
         updates = self.lineage.watermark_updates()
         if updates:
             await self._io.produce(self._io.encoder.watermarks(updates, self._contributions))
+        if self._hold_pauses_until_input or not self._io.settled():
+            return
         ahead = self.lineage.sources_ahead(self._align_skew_ms) & self._owned
         pause, resume = ahead - self._paused, self._paused - ahead
         if pause:
+            log.debug("pausing %s: ahead of the slowest source", sorted(pause))
             self._io.pause(pause)
         if resume:
+            log.debug("resuming %s", sorted(resume))
             self._io.resume(resume)
         self._paused = ahead
 

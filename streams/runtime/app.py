@@ -162,6 +162,25 @@ class CommitStallGuard:
         self._suspects = stuck
 
 
+def _set_paused(consumer: Any, tps: set[TP], *, paused: bool) -> None:
+    """Pauses (or resumes) fetching from ``tps``, copy-on-write.
+
+    Faust's ``pause_partitions`` removes partitions from its set of active partitions
+    in place, and a fetch in flight keeps only the records of partitions still in that
+    same set object: the records of a partition paused meanwhile are dropped, though
+    the consumer's position moved past them, and the partition's commits stall on the
+    gap. A new set leaves the fetch in flight its own; the next one uses the new set.
+    """
+    active = set(consumer._get_active_partitions())
+    if paused:
+        consumer._paused_partitions = consumer._paused_partitions | tps
+        active -= tps
+    else:
+        consumer._paused_partitions = consumer._paused_partitions - tps
+        active |= tps & set(consumer.assignment())
+    consumer._active_partitions = active
+
+
 def _broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip())
 
@@ -225,9 +244,10 @@ def build_app(
         flush=lambda: app.producer.flush(),
         assignment=lambda: frozenset(app.consumer.assignment()),
         encoder=OutputEncoder(codec, topics),
-        pause=lambda sources: app.consumer.pause_partitions([TP(*s) for s in sources]),
-        resume=lambda sources: app.consumer.resume_partitions([TP(*s) for s in sources]),
+        pause=lambda sources: _set_paused(app.consumer, {TP(*s) for s in sources}, paused=True),
+        resume=lambda sources: _set_paused(app.consumer, {TP(*s) for s in sources}, paused=False),
         highwater=highwater,
+        settled=lambda: not (app.rebalancing or app.in_recovery),
     )
     consumed: tuple[str, ...] = ()
     if worker.role in ("all", "lineage"):

@@ -97,9 +97,12 @@ def replay_command(
 ) -> None:
     """Replay event files through the governance core and write every output.
 
-    Reads the files in order, joins lineage, computes KPI windows and breaches, and at
-    the end of input closes every window as final. Invalid inputs become dead letters;
-    the replay never stops on bad input.
+    Reads every file at once, merged by event time (each file in its own order: one
+    file per source system or per partition gives the same results as one merged
+    file), joins lineage, computes KPI windows and breaches, and at the end of input
+    closes every window as final. Invalid inputs become dead letters; the replay never
+    stops on bad input. Contributions too late for a closed window are counted in the
+    summary and written as LATE_AFTER_WINDOW_CLOSED dead letters.
     """
     try:
         settings = load_settings(config, demo=demo)

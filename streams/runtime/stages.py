@@ -33,11 +33,12 @@ a redelivery and is ignored. Close markers close every window (idle close). Curr
 values come from ``emit_current``, paced by the caller. At each checkpoint
 (``take_writes``; the worker takes one every few seconds, not every batch) the
 aggregator, evaluator and upstream watermarks of every touched partition are
-snapshotted (pickle), with the last offset applied, into the snapshot table; on
-reassignment they are loaded from it. The contributions log replayed from the last
-committed offset (never past the snapshot: offsets are committed only after it) onto
-the last snapshot yields the same final outputs again: per-record processing does not
-depend on batch boundaries, so recovery is deterministic.
+snapshotted (pickle), with the offsets applied (a contiguous prefix and any beyond a
+gap in delivery), into the snapshot table; on reassignment they are loaded from it.
+The contributions log replayed from the last committed offset (never past the
+snapshot: offsets are committed only after it) onto the last snapshot yields the same
+final outputs again: per-record processing does not depend on batch boundaries, so
+recovery is deterministic.
 
 Equality with replay holds for *final* results: the latest lineage revision per row,
 the final value of every KPI window, the breaches and the dead letters. Intermediate
@@ -103,8 +104,8 @@ class LineageStage:
 
     Args:
         config: the join's settings.
-        allowed_lateness_ms: retention is measured against max event time minus this
-            (the KPI watermark), as in ``GovernanceProcessor``.
+        allowed_lateness_ms: each source's watermark is its max event time minus this;
+            retention follows their minimum, as in ``GovernanceProcessor``.
         codec: decodes inputs (with the value rules) and knows schema ids.
         state: where study states live (staged until the agent commits).
         pseudonymiser: removes direct identifiers from events kept for ``event_log``.
@@ -322,8 +323,28 @@ class _KpiPartition:
     breaches: BreachEvaluator | None
     upstream: WatermarkTracker
     """One source per upstream input partition, fed by watermark records."""
-    offset: int = -1
-    """The last contributions offset applied to ``aggregator``."""
+    offset: int | None = None
+    """Every offset up to this one is applied (None: nothing yet)."""
+    above: set[int] = field(default_factory=set)
+    """Offsets applied beyond a gap in delivery (the gap may still be delivered)."""
+
+    def applied(self, offset: int) -> bool:
+        """Whether ``offset`` is already in the aggregator (its redelivery changes nothing)."""
+        return (self.offset is not None and offset <= self.offset) or offset in self.above
+
+    def mark_applied(self, offset: int) -> None:
+        # Delivery can skip offsets (after some rebalances Faust starts beyond the
+        # committed offset; the stall guard later re-reads the gap): an offset counts as
+        # applied only when it was, never because a later one was.
+        if self.offset is None:
+            self.offset = offset  # a new partition starts where its delivery starts
+        elif offset == self.offset + 1:
+            self.offset = offset
+            while self.offset + 1 in self.above:
+                self.offset += 1
+                self.above.discard(self.offset)
+        else:
+            self.above.add(offset)
 
 
 class KpiStage:
@@ -370,12 +391,15 @@ class KpiStage:
             raw = self.snapshots.get(_SNAPSHOT + str(partition))
             if raw is not None:
                 snapshot = pickle.loads(raw)
+                above: set[int] = set()
                 if len(snapshot) == 3:  # written before upstream watermarks existed
                     aggregator, breaches, offset = snapshot
                     upstream = WatermarkTracker(0, range(self._upstream))
-                else:
+                elif len(snapshot) == 4:
                     aggregator, breaches, upstream, offset = snapshot
-                part = _KpiPartition(aggregator, breaches, upstream, offset)
+                else:
+                    aggregator, breaches, upstream, offset, above = snapshot
+                part = _KpiPartition(aggregator, breaches, upstream, offset, above)
             else:
                 part = _KpiPartition(
                     self._new_aggregator(),
@@ -391,12 +415,12 @@ class KpiStage:
         for message in messages:
             part = self._part(message.partition)
             self._touched.add(message.partition)
-            # At or before the snapshot's offset the aggregator already holds the
-            # message: only the row table is repaired (a crash may have lost row writes
-            # that followed the snapshot in the changelog).
-            replayed = message.offset <= part.offset
+            # An offset the snapshot records as applied is already in the aggregator:
+            # only the row table is repaired (a crash may have lost row writes that
+            # followed the snapshot in the changelog).
+            replayed = part.applied(message.offset)
             if not replayed:
-                part.offset = message.offset
+                part.mark_applied(message.offset)
             control = message.header(CONTROL_HEADER)
             if control == CONTROL_WATERMARK:
                 if not replayed:
@@ -501,7 +525,7 @@ class KpiStage:
             part = self._parts[partition]
             self.snapshots.use_partition(partition)
             self.snapshots[_SNAPSHOT + str(partition)] = pickle.dumps(
-                (part.aggregator, part.breaches, part.upstream, part.offset),
+                (part.aggregator, part.breaches, part.upstream, part.offset, part.above),
                 protocol=pickle.HIGHEST_PROTOCOL,
             )
         self.snapshots.use_partition(None)

@@ -178,6 +178,8 @@ class LiveEnv:
     """Worker settings over the defaults below (the benchmark runs production's)."""
     kpi_group: str | None = None
     """The consumer group of the contributions when a ``kpi`` role worker runs."""
+    idle_close_s: float = IDLE_CLOSE_S
+    """The workers' idle close (``wait_until_settled`` waits longer than it)."""
 
     @property
     def namespace(self) -> str:
@@ -208,7 +210,7 @@ class LiveEnv:
             "IMGOV_WORKER_TOPIC_NAMESPACE": self.namespace,
             "IMGOV_WORKER_DATADIR": str(self.tmp / f"state-{self.suffix}-{name}"),
             "IMGOV_WORKER_PARTITIONS": str(self.partitions),
-            "IMGOV_WORKER_IDLE_CLOSE_S": str(IDLE_CLOSE_S),
+            "IMGOV_WORKER_IDLE_CLOSE_S": str(self.idle_close_s),
             "IMGOV_WORKER_BATCH_SIZE": "500",
             "IMGOV_WORKER_LOG_LEVEL": "warn",
             **self.extra_env,
@@ -332,7 +334,7 @@ class LiveEnv:
             elif (
                 print_[0][0] >= min_lineage
                 and print_[1][0] > 0
-                and now - stable_since > IDLE_CLOSE_S + 10
+                and now - stable_since > self.idle_close_s + 10
             ):
                 return
             time.sleep(1)

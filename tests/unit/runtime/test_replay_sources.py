@@ -161,7 +161,7 @@ def test_late_contributions_are_counted_and_dead_lettered(tmp_path: Path) -> Non
     for event in middle:
         event = dict(event)
         event["event_id"] = "late-" + event["event_id"]
-        event["study_uid"] = event["study_uid"] + ".9"
+        event["study_uid"] = event["study_uid"] + ".999999"
         if event.get("alert_id"):
             event["alert_id"] = "late-" + event["alert_id"]
         if event.get("report_id"):
@@ -177,8 +177,19 @@ def test_late_contributions_are_counted_and_dead_lettered(tmp_path: Path) -> Non
     assert sum(stats.too_late.values()) > 0
     assert stats.rejected_by_reason[DeadLetterReason.LATE_AFTER_WINDOW_CLOSED.value] == len(letters)
     assert letters and all("left out of:" in d.message for d in letters)
+    # Every lineage row of a late study, and nothing else, missed its windows.
+    late_rows = {
+        (r.study_uid, r.algorithm_name)
+        for r in sink.records(LineageRecord)
+        if isinstance(r, LineageRecord) and r.study_uid.endswith(".999999")
+    }
+    missed = {
+        (r.study_uid, r.algorithm_name)
+        for r in (LineageRecord.model_validate_json(d.value) for d in letters)
+    }
+    assert missed == late_rows
     revision = LineageRecord.model_validate_json(letters[0].value)
-    assert revision.study_uid.endswith(".9") and letters[0].study_uid == revision.study_uid
+    assert revision.study_uid.endswith(".999999") and letters[0].study_uid == revision.study_uid
     # Without the late copy nothing is late.
     clean, _ = _replay([main])
     assert set(clean.too_late.values()) == {0}
