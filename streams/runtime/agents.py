@@ -263,9 +263,10 @@ class LineageRunner:
     async def watermark_tick(self) -> None:
         """Timer: marks caught-up sources idle, then does what ``_event_time`` does.
 
-        Skipped while a batch runs: its watermark must not overtake its contributions.
+        Skipped while a batch runs (its watermark must not overtake its contributions)
+        and during a rebalance (the state of new partitions is still being recovered).
         """
-        if self._lock.locked():
+        if self._lock.locked() or not self._io.settled():
             return
         async with self._lock:
             self._check_assignment()
