@@ -179,7 +179,16 @@ def managed_kafka(kafka_bootstrap: str) -> str:
 @pytest.fixture
 def live_env(kafka_bootstrap: str, clickhouse_writer: Client, tmp_path: Path) -> Iterator[LiveEnv]:
     """A live test's namespace, databases (live and offline) and workers, cleaned up after."""
-    env = LiveEnv(kafka_bootstrap, tmp_path)
+    yield from _live_env(LiveEnv(kafka_bootstrap, tmp_path))
+
+
+@pytest.fixture
+def live_env6(kafka_bootstrap: str, clickhouse_writer: Client, tmp_path: Path) -> Iterator[LiveEnv]:
+    """Like ``live_env``, with six input partitions (a backlog spread as in production)."""
+    yield from _live_env(LiveEnv(kafka_bootstrap, tmp_path, partitions=6))
+
+
+def _live_env(env: LiveEnv) -> Iterator[LiveEnv]:
     create_database(env.database)
     create_database(env.offline_database)
     env.create_topics()

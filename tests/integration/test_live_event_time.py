@@ -10,18 +10,14 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from clickhouse_driver import Client
 
 from schemas.events import Event
 from tests.integration.test_live_harness import (
     LiveEnv,
     assert_equal_to_replay,
-    create_database,
-    drop_database,
     encoded,
     produce,
     simulate,
@@ -30,22 +26,6 @@ from tests.integration.test_live_harness import (
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 
 DAY_MS = 86_400_000
-SIX = 6
-
-
-@pytest.fixture
-def live_env6(kafka_bootstrap: str, clickhouse_writer: Client, tmp_path: Path) -> Iterator[LiveEnv]:
-    """Like ``live_env``, with six input partitions (as in the reported backlog)."""
-    env = LiveEnv(kafka_bootstrap, tmp_path, partitions=SIX)
-    create_database(env.database)
-    create_database(env.offline_database)
-    env.create_topics()
-    try:
-        yield env
-    finally:
-        env.stop_all()
-        drop_database(env.database)
-        drop_database(env.offline_database)
 
 
 def _late_counts(env: LiveEnv) -> tuple[list[str], list[str]]:
