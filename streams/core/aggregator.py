@@ -266,7 +266,8 @@ class KpiAggregator:
                 parts.append(f"{KPIS[k].name} 1h window at {_iso(start)}")
             else:
                 sizes = "/".join(n for i, n in ((1, "1d"), (2, "7d"), (3, "30d")) if _ALLOWED[k][i])
-                parts.append(f"{KPIS[k].name} {sizes} windows containing {_iso(start)[:10]}")
+                day = _iso(start)[:10]
+                parts.append(f"{KPIS[k].name}: the closed ones of its {sizes} windows with {day}")
         key = [record.site_id, record.study_uid, record.algorithm_name, record.finding_code]
         self._late.append(
             DeadLetter(
