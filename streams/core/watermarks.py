@@ -28,7 +28,28 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping
 
-__all__ = ["WatermarkTracker"]
+__all__ = ["WatermarkTracker", "combine_watermarks"]
+
+
+def combine_watermarks(marks: Iterable[tuple[int | None, bool]]) -> int | None:
+    """Returns the combined value of ``(watermark or None, idle)`` marks; see the rules.
+
+    The minimum over the active marks; None while an active one has no watermark yet
+    (it holds everything back) or when there is none at all; with every mark idle, the
+    greatest watermark seen.
+    """
+    low: int | None = None
+    high: int | None = None
+    for mark, idle in marks:
+        if mark is not None and (high is None or mark > high):
+            high = mark
+        if idle:
+            continue
+        if mark is None:
+            return None  # a source that has not spoken yet holds it back
+        if low is None or mark < low:
+            low = mark
+    return low if low is not None else high
 
 
 class WatermarkTracker:
@@ -88,18 +109,8 @@ class WatermarkTracker:
         Monotonic: the minimum over active sources can drop when an idle source becomes
         active again behind the others; the combined watermark then stays where it was.
         """
-        low: int | None = None
-        high: int | None = None
-        for source, top in self._max.items():
-            if top is not None and (high is None or top > high):
-                high = top
-            if source in self._idle:
-                continue
-            if top is None:
-                return self._watermark  # a source that has not spoken yet holds it back
-            if low is None or top < low:
-                low = top
-        top = low if low is not None else high  # every source idle: nothing holds back
+        idle = self._idle
+        top = combine_watermarks((top, source in idle) for source, top in self._max.items())
         if top is not None:
             candidate = top - self._lateness
             if self._watermark is None or candidate > self._watermark:

@@ -73,7 +73,7 @@ from streams.core.lineage_output import JoinOutput
 from streams.core.lineage_store import MappingStudyStore
 from streams.core.pipeline import review_candidate_for
 from streams.core.pseudonym import Pseudonymiser
-from streams.core.watermarks import WatermarkTracker
+from streams.core.watermarks import WatermarkTracker, combine_watermarks
 from streams.core.windows import HOUR_MS
 from streams.runtime.outputs import (
     CONTROL_CLOSE,
@@ -181,20 +181,12 @@ class LineageStage:
         """What retention follows: the minimum over the owned partitions not idle.
 
         With every owned partition idle, the greatest of their watermarks (the rule of
-        ``WatermarkTracker``, one level up).
+        ``WatermarkTracker``, one level up: ``combine_watermarks``).
         """
-        low: int | None = None
-        high: int | None = None
-        for p, tracker in self._partitions.items():
-            wm = tracker.watermark_ms
-            if wm is not None and (high is None or wm > high):
-                high = wm
-            if self._partition_idle(p):
-                continue
-            if wm is None:
-                return None
-            low = wm if low is None or wm < low else low
-        return low if low is not None else high
+        return combine_watermarks(
+            (tracker.watermark_ms, self._partition_idle(p))
+            for p, tracker in self._partitions.items()
+        )
 
     def watermark_updates(self) -> list[tuple[int, int | None]]:
         """``(input partition, watermark or None for idle)`` not yet told downstream.
@@ -385,6 +377,10 @@ class KpiStage:
         self.rows.forget_partitions()
         self.snapshots.forget_partitions()
 
+    def _new_upstream(self) -> WatermarkTracker:
+        # Watermark records carry watermarks already: no lateness to subtract.
+        return WatermarkTracker(0, range(self._upstream))
+
     def _part(self, partition: int) -> _KpiPartition:
         part = self._parts.get(partition)
         if part is None:
@@ -394,7 +390,7 @@ class KpiStage:
                 above: set[int] = set()
                 if len(snapshot) == 3:  # written before upstream watermarks existed
                     aggregator, breaches, offset = snapshot
-                    upstream = WatermarkTracker(0, range(self._upstream))
+                    upstream = self._new_upstream()
                 elif len(snapshot) == 4:
                     aggregator, breaches, upstream, offset = snapshot
                 else:
@@ -402,9 +398,7 @@ class KpiStage:
                 part = _KpiPartition(aggregator, breaches, upstream, offset, above)
             else:
                 part = _KpiPartition(
-                    self._new_aggregator(),
-                    self._new_breaches(),
-                    WatermarkTracker(0, range(self._upstream)),
+                    self._new_aggregator(), self._new_breaches(), self._new_upstream()
                 )
             self._parts[partition] = part
         return part
