@@ -37,7 +37,7 @@ from clickhouse_driver import errors as ch_errors
 from schemas.errors import ImgovError
 
 if TYPE_CHECKING:
-    from streams.runtime.settings import ClickHouseSettings
+    from sinks.clickhouse.settings import ClickHouseSettings
 
 __all__ = [
     "BackendUnavailableError",

@@ -35,7 +35,7 @@ from sinks.clickhouse.rows import TABLE_COLUMNS, EventSource
 from sinks.query import BackendUnavailableError, ClickHouseBackend, QueryBackend, QueryError
 
 if TYPE_CHECKING:
-    from streams.runtime.settings import ClickHouseSettings
+    from sinks.clickhouse.settings import ClickHouseSettings
 
 __all__ = ["ClickHouseSink"]
 

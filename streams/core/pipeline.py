@@ -1,7 +1,7 @@
 """The whole governance core behind one object: join, KPIs, breaches, review candidates.
 
 ``GovernanceProcessor`` is what both drivers call: the offline replay
-(``streams.runtime.replay``) with chunks of a file, and the live Faust agents with the
+(``streams.replay.driver``) with chunks of a file, and the live Faust agents with the
 batches they are about to commit. It performs no I/O and reads no clock: it returns
 every output as data (STYLE rule 4), and the driver decides where each goes.
 
@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 
 from schemas.events import Event
 from schemas.records import Breach, DeadLetter, KpiValue, LineageRecord, ReviewCandidate
-from streams.core.aggregator import KpiAggregator
-from streams.core.breach import BreachEvaluator
-from streams.core.config import LineageConfig
-from streams.core.kpi_config import KpiConfig
-from streams.core.lineage import JoinOutput, LineageJoiner, LineageRevision
-from streams.core.lineage_store import StudyStore
+from streams.core.kpi.aggregator import KpiAggregator
+from streams.core.kpi.breach import BreachEvaluator
+from streams.core.kpi.config import KpiConfig
+from streams.core.lineage.config import LineageConfig
+from streams.core.lineage.join import JoinOutput, LineageJoiner, LineageRevision
+from streams.core.lineage.store import StudyStore
 from streams.core.watermarks import WatermarkTracker
 
 __all__ = ["DEFAULT_SOURCE", "GovernanceProcessor", "ProcessorOutput", "review_candidate_for"]

@@ -47,12 +47,10 @@ from faust.types import TP
 
 from schemas.codec import Codec
 from schemas.registry import registry_from_environ
+from sinks.clickhouse.settings import ClickHouseSettings
 from sinks.clickhouse.writer import ClickHouseSink
-from streams.core.aggregator import KpiAggregator
-from streams.runtime.agents import KpiRunner, LineageRunner, SinkFlusher, WorkerIO
-from streams.runtime.faust_fixes import apply_faust_commit_fixes
-from streams.runtime.faust_store import FaustTableStore
-from streams.runtime.governance import (
+from streams.core.kpi.aggregator import KpiAggregator
+from streams.governance import (
     GovernanceSettings,
     build_breach_evaluator,
     build_pseudonymiser,
@@ -60,16 +58,16 @@ from streams.runtime.governance import (
     lineage_config,
     wall_clock_ms,
 )
+from streams.runtime.agents import KpiRunner, LineageRunner, SinkFlusher, WorkerIO
+from streams.runtime.faust_fixes import apply_faust_commit_fixes
+from streams.runtime.faust_store import FaustTableStore
 from streams.runtime.outputs import OutgoingMessage, OutputEncoder
-from streams.runtime.settings import ClickHouseSettings, KafkaSettings
+from streams.runtime.settings import KafkaSettings, WorkerSettings
 from streams.runtime.staged_store import StagedMapping
 from streams.runtime.stages import KpiStage, LineageStage
-from streams.runtime.worker_config import WorkerSettings, WorkerTopics
+from streams.topics import KPI_AGENT, KPI_TABLE, LINEAGE_AGENT, LINEAGE_TABLE, WorkerTopics
 
-__all__ = ["KPI_TABLE", "LINEAGE_TABLE", "GroupProgress", "build_app"]
-
-LINEAGE_TABLE = "lineage-state"
-KPI_TABLE = "kpi-state"
+__all__ = ["GroupProgress", "build_app"]
 
 log = logging.getLogger("imgov.worker")
 
@@ -316,7 +314,7 @@ def _add_lineage(
     progress = GroupProgress(kafka.bootstrap, worker.group_id, topics.inputs)
     app.imgov_lineage = runner  # type: ignore[attr-defined]
 
-    @app.agent(inputs, name="imgov-lineage")
+    @app.agent(inputs, name=LINEAGE_AGENT)
     async def lineage_agent(stream: Any) -> None:
         async for events in stream.noack_take(worker.batch_size, within=worker.batch_within_s):
             await runner.lineage_batch(events, stream.ack)
@@ -372,7 +370,7 @@ def _add_kpi(
     )
     app.imgov_kpi = runner  # type: ignore[attr-defined]
 
-    @app.agent(contributions, name="imgov-kpi")
+    @app.agent(contributions, name=KPI_AGENT)
     async def kpi_agent(stream: Any) -> None:
         async for events in stream.noack_take(worker.batch_size, within=worker.batch_within_s):
             await runner.kpi_batch(events, stream.ack)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from schemas.codec import Codec
 from schemas.errors import DecodeError
 from schemas.records import Breach, DeadLetter, Header, KpiValue, LineageRecord, ReviewCandidate
-from streams.runtime.worker_config import WorkerTopics
+from streams.topics import WorkerTopics
 
 __all__ = [
     "CONTROL_CLOSE",

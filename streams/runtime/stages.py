@@ -65,16 +65,16 @@ from schemas.records import (
     ReviewCandidate,
 )
 from sinks.clickhouse.rows import EventSource
-from streams.core.aggregator import KpiAggregator
-from streams.core.breach import BreachEvaluator
-from streams.core.config import LineageConfig
-from streams.core.lineage import LineageJoiner
-from streams.core.lineage_output import JoinOutput
-from streams.core.lineage_store import MappingStudyStore
+from streams.core.kpi.aggregator import KpiAggregator
+from streams.core.kpi.breach import BreachEvaluator
+from streams.core.kpi.windows import HOUR_MS
+from streams.core.lineage.config import LineageConfig
+from streams.core.lineage.join import LineageJoiner
+from streams.core.lineage.output import JoinOutput
+from streams.core.lineage.pseudonym import Pseudonymiser
+from streams.core.lineage.store import MappingStudyStore
 from streams.core.pipeline import review_candidate_for
-from streams.core.pseudonym import Pseudonymiser
 from streams.core.watermarks import WatermarkTracker, combine_watermarks
-from streams.core.windows import HOUR_MS
 from streams.runtime.outputs import (
     CONTROL_CLOSE,
     CONTROL_HEADER,

@@ -16,20 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from schemas.errors import ImgovError
-from streams.runtime.governance import GovernanceSettings, lineage_config, load_settings
-from streams.runtime.settings import ClickHouseSettings, KafkaSettings
-from streams.runtime.topics import (
-    TopicRole,
-    TopicSpec,
-    create_topics,
-    load_topics,
-)
-from streams.runtime.worker_config import (
+from sinks.clickhouse.settings import ClickHouseSettings
+from streams.governance import GovernanceSettings, lineage_config, load_settings
+from streams.runtime.settings import (
+    KafkaSettings,
     WorkerConfigError,
     WorkerSettings,
-    WorkerTopics,
     load_worker_settings,
 )
+from streams.runtime.topic_admin import TopicRole, TopicSpec, create_topics, load_topics
+from streams.topics import WorkerTopics
 
 __all__ = ["WorkerPlan", "ensure_worker_topics", "plan_worker", "run_worker"]
 

@@ -19,7 +19,7 @@ from typing import Protocol
 
 from schemas.errors import ImgovError
 from schemas.events import Event, EventType
-from streams.runtime.topics import ALERT_TOPIC, INFERENCE_TOPIC, REPORT_TOPIC
+from streams.topics import ALERT_TOPIC, INFERENCE_TOPIC, REPORT_TOPIC
 
 __all__ = [
     "TOPIC_BY_EVENT_TYPE",

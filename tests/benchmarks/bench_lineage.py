@@ -48,10 +48,10 @@ if str(ROOT) not in sys.path:  # run as a plain script
 from schemas.events import Event, EventType  # noqa: E402
 from schemas.files import RejectedInput, read_jsonl, write_jsonl  # noqa: E402
 from schemas.validation import EventValidator  # noqa: E402
-from streams.core.config import AlgorithmEligibility, LineageConfig  # noqa: E402
-from streams.core.lineage import LineageJoiner  # noqa: E402
-from streams.core.lineage_codec import encode_state  # noqa: E402
-from streams.core.lineage_store import InMemoryStudyStore, MappingStudyStore  # noqa: E402
+from streams.core.lineage.codec import encode_state  # noqa: E402
+from streams.core.lineage.config import AlgorithmEligibility, LineageConfig  # noqa: E402
+from streams.core.lineage.join import LineageJoiner  # noqa: E402
+from streams.core.lineage.store import InMemoryStudyStore, MappingStudyStore  # noqa: E402
 from streams.simulate.config import SimulationConfig  # noqa: E402
 from streams.simulate.run import run_simulation  # noqa: E402
 

@@ -63,7 +63,7 @@ async def _ceiling(
 
     from schemas.codec import Codec
     from schemas.registry import registry_from_environ
-    from streams.runtime.governance import build_validator, load_settings
+    from streams.governance import build_validator, load_settings
 
     registry = registry_from_environ(os.environ)
     codec = Codec(registry, validator=build_validator(load_settings(demo=True)))

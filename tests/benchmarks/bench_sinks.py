@@ -46,9 +46,9 @@ from schemas.records import LineageRecord  # noqa: E402
 from sinks.chdb import ChdbSink  # noqa: E402
 from sinks.clickhouse.migrate import migrate  # noqa: E402
 from sinks.clickhouse.rows import lineage_row  # noqa: E402
+from sinks.clickhouse.settings import ClickHouseSettings  # noqa: E402
 from sinks.clickhouse.writer import ClickHouseSink  # noqa: E402
 from sinks.query import ClickHouseBackend, QueryError  # noqa: E402
-from streams.runtime.settings import ClickHouseSettings  # noqa: E402
 from tests.unit.sinks.factory import lineage_records  # noqa: E402
 
 

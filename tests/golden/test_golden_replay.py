@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from sinks.jsonl import FILE_NAMES, JsonLinesSink
-from streams.runtime.governance import build_processor, build_validator, load_settings
-from streams.runtime.replay import replay
+from streams.governance import build_processor, build_validator, load_settings
+from streams.replay.driver import replay
 
 HERE = Path(__file__).resolve().parent
 INPUT = HERE / "replay_input.jsonl"

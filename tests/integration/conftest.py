@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from clickhouse_driver import Client
 
-from streams.runtime.settings import REPO_ROOT
-from streams.runtime.topics import TopicRole, TopicSpec, create_topics
+from streams.paths import REPO_ROOT
+from streams.runtime.topic_admin import TopicRole, TopicSpec, create_topics
 from tests.integration.test_live_harness import LiveEnv, create_database, drop_database
 
 KAFKA_BOOTSTRAP = os.environ.get("IMGOV_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
@@ -105,7 +105,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture
 def kafka_topic_factory(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
-    """Creates uniquely named topics through streams.runtime.topics; deletes them after."""
+    """Creates uniquely named topics through streams.runtime.topic_admin; deletes them after."""
     created: list[str] = []
 
     def make(

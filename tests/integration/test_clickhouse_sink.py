@@ -23,10 +23,11 @@ from sinks.base import SinkBackpressureError
 from sinks.chdb import ChdbSink
 from sinks.clickhouse.migrate import load_migrations, migrate
 from sinks.clickhouse.rows import TABLE_COLUMNS, lineage_from_row
+from sinks.clickhouse.settings import ClickHouseSettings
 from sinks.clickhouse.writer import ClickHouseSink
 from sinks.query import ClickHouseBackend, QueryBackend
-from streams.core.hashchain import verify_chain
-from streams.runtime.settings import REPO_ROOT, ClickHouseSettings
+from streams.core.lineage.hashchain import verify_chain
+from streams.paths import REPO_ROOT
 from tests.integration.conftest import CLICKHOUSE_HOST, CLICKHOUSE_PORT
 from tests.unit.sinks import factory
 

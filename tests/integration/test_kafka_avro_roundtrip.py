@@ -24,8 +24,9 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 from typer.testing import CliRunner
 
-from streams.cli import app
-from streams.runtime.topics import INFERENCE_TOPIC, INPUT_TOPICS, load_topics
+from streams.cli.main import app
+from streams.runtime.topic_admin import load_topics
+from streams.topics import INFERENCE_TOPIC, INPUT_TOPICS
 
 pytestmark = pytest.mark.kafka
 

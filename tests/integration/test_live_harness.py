@@ -31,16 +31,13 @@ from schemas.events import Event
 from schemas.files import RejectedInput, read_events
 from schemas.registry import registry_from_environ
 from sinks.clickhouse.migrate import migrate
+from sinks.clickhouse.settings import ClickHouseSettings
 from sinks.clickhouse.writer import ClickHouseSink
 from sinks.query import ClickHouseBackend
-from streams.runtime.governance import (
-    build_processor,
-    build_validator,
-    load_settings,
-)
-from streams.runtime.replay import replay
-from streams.runtime.settings import REPO_ROOT, ClickHouseSettings
-from streams.runtime.worker_config import WorkerTopics
+from streams.governance import build_processor, build_validator, load_settings
+from streams.paths import REPO_ROOT
+from streams.replay.driver import replay
+from streams.topics import WorkerTopics
 
 logging.getLogger("kafka").setLevel(logging.ERROR)
 
@@ -218,10 +215,9 @@ class LiveEnv:
 
     def create_topics(self) -> None:
         """Creates the namespaced topics as the worker would (before producing)."""
-        from streams.runtime.governance import load_settings
-        from streams.runtime.settings import KafkaSettings
+        from streams.governance import load_settings
+        from streams.runtime.settings import KafkaSettings, WorkerSettings
         from streams.runtime.worker import WorkerPlan, ensure_worker_topics
-        from streams.runtime.worker_config import WorkerSettings
 
         worker = WorkerSettings(
             app_id=self.app_id, topic_namespace=self.namespace, partitions=self.partitions

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.runtime.settings import REPO_ROOT
+from streams.paths import REPO_ROOT
 from tests.integration.test_live_harness import (
     LiveEnv,
     assert_equal_to_replay,

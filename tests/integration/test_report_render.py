@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from streams.runtime.demo import DemoOptions, run_demo
-from streams.runtime.demo_cli import build_report_for
-from streams.runtime.settings import REPO_ROOT
+from streams.cli.demo import build_report_for
+from streams.paths import REPO_ROOT
+from streams.replay.demo import DemoOptions, run_demo
 
 CHROMIUM_SH = REPO_ROOT / "infra" / "chromium.sh"
 

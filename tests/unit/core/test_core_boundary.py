@@ -112,4 +112,4 @@ def test_the_checks_catch_violations() -> None:
 
 def test_the_packages_are_found() -> None:
     names = {p.name for p in _modules("streams/core")}
-    assert {"lineage.py", "hashchain.py", "pseudonym.py", "config.py"} <= names
+    assert {"join.py", "hashchain.py", "pseudonym.py", "config.py"} <= names

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from schemas.events import Event
 from schemas.records import KpiValue
-from streams.core.config import LineageConfig
-from streams.core.kpi_config import KpiConfig
+from streams.core.kpi.config import KpiConfig
+from streams.core.lineage.config import LineageConfig
 from streams.core.pipeline import GovernanceProcessor
-from streams.runtime.governance import DEFAULT_ELIGIBILITY
+from streams.governance import DEFAULT_ELIGIBILITY
 from streams.simulate.config import SimulationConfig
 from streams.simulate.run import run_simulation
 

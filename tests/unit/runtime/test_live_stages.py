@@ -10,13 +10,13 @@ from schemas.codec import Codec
 from schemas.corpus import sample_events
 from schemas.records import KpiValue, LineageRecord
 from schemas.registry import registry_from_environ
-from streams.core.aggregator import KpiAggregator
+from streams.core.kpi.aggregator import KpiAggregator
 from streams.core.pipeline import GovernanceProcessor
-from streams.runtime.governance import build_pseudonymiser, lineage_config, load_settings
+from streams.governance import build_pseudonymiser, lineage_config, load_settings
 from streams.runtime.outputs import InputMessage, OutputEncoder, lineage_key
 from streams.runtime.staged_store import DictPartitionedStore, StagedMapping
 from streams.runtime.stages import KpiStage, LineageStage
-from streams.runtime.worker_config import WorkerTopics
+from streams.topics import WorkerTopics
 
 NOW_MS = 1_760_000_000_000
 TOPICS = WorkerTopics.with_namespace("t.")

@@ -22,7 +22,7 @@ from schemas.records import DeadLetterReason
 
 MODULES = [
     "schemas.codec", "schemas.corpus", "schemas.errors", "schemas.events", "schemas.files",
-    "schemas.records", "schemas.registry", "schemas.validation", "schemas.cli",
+    "schemas.records", "schemas.registry", "schemas.validation", "streams.cli.schemas",
 ]  # fmt: skip
 
 

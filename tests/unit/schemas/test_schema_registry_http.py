@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from schemas.cli import schemas_app
 from schemas.codec import Codec
 from schemas.errors import (
     IncompatibleSchemaError,
@@ -25,6 +24,7 @@ from schemas.errors import (
 )
 from schemas.events import Event
 from schemas.registry import HttpSchemaRegistry, backward_problems, load_avsc
+from streams.cli.schemas import schemas_app
 
 INFERENCE = "imgov.events.v1.InferenceEvent"
 

@@ -11,9 +11,9 @@ import pytest
 from schemas.codec import Codec
 from schemas.events import Event
 from schemas.registry import open_registry
-from streams.runtime.topics import ALERT_TOPIC, INFERENCE_TOPIC, REPORT_TOPIC
 from streams.simulate.producer import ProduceError, produce
 from streams.simulate.run import SimulationRun
+from streams.topics import ALERT_TOPIC, INFERENCE_TOPIC, REPORT_TOPIC
 
 
 class FakeSender:

@@ -37,7 +37,7 @@ from schemas.records import (
     ReviewCandidate,
     Severity,
 )
-from streams.core.hashchain import record_hash
+from streams.core.lineage.hashchain import record_hash
 
 T0 = 1_700_000_000_000
 MINUTE = 60_000

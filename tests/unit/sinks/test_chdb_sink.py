@@ -19,8 +19,8 @@ from sinks.base import Sink, SinkError
 from sinks.chdb import ChdbSink, arrow_type
 from sinks.clickhouse.rows import TABLE_COLUMNS, EventSource, lineage_from_row
 from sinks.query import BackendUnavailableError, ChdbBackend
-from streams.core.hashchain import verify_chain
-from streams.core.pseudonym import Pseudonymiser
+from streams.core.lineage.hashchain import verify_chain
+from streams.core.lineage.pseudonym import Pseudonymiser
 from tests.unit.sinks import factory
 from tests.unit.sinks.strategies import lineage_records
 

@@ -28,8 +28,8 @@ from sinks.clickhouse.rows import (
     redact_identifiers,
     rejected_row,
 )
-from streams.core.hashchain import record_hash, verify_chain
-from streams.core.pseudonym import IdentifierKind, Pseudonymiser
+from streams.core.lineage.hashchain import record_hash, verify_chain
+from streams.core.lineage.pseudonym import IdentifierKind, Pseudonymiser
 from tests.unit.sinks import factory
 from tests.unit.sinks.strategies import lineage_records
 

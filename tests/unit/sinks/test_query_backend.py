@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from clickhouse_driver import errors as ch_errors
 
+from sinks.clickhouse.settings import ClickHouseSettings
 from sinks.query import (
     BackendUnavailableError,
     ChdbBackend,
@@ -18,7 +19,6 @@ from sinks.query import (
     substitute_params,
     translate_driver_error,
 )
-from streams.runtime.settings import ClickHouseSettings
 
 
 def test_substitute_params_quotes_values() -> None:

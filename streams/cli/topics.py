@@ -1,0 +1,106 @@
+"""``imgov topics ...``: create the pipeline's topics from infra/kafka/topics.toml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from streams.runtime.settings import KafkaSettings
+from streams.runtime.topic_admin import (
+    CreationStatus,
+    TopicAdminError,
+    TopicCreation,
+    TopicsError,
+    create_topics,
+    load_topics,
+)
+
+__all__ = ["topics_app"]
+
+topics_app = typer.Typer(
+    help="Kafka topics of the pipeline (defined in infra/kafka/topics.toml).",
+    no_args_is_help=True,
+)
+
+_STATUS_STYLE = {
+    CreationStatus.CREATED: "green",
+    CreationStatus.EXISTS: "cyan",
+    CreationStatus.FAILED: "red",
+}
+
+
+def _results_table(results: tuple[TopicCreation, ...] | list[TopicCreation]) -> Table:
+    table = Table(title="Kafka topics")
+    table.add_column("topic")
+    table.add_column("status")
+    table.add_column("partitions", justify="right")
+    table.add_column("note")
+    for r in results:
+        found = r.existing_partitions
+        partitions = str(r.partitions) if found is None else str(found)
+        note = r.message
+        if r.partitions_differ:
+            note = f"file says {r.partitions} partitions; the topic is left as it is"
+        style = "yellow" if r.partitions_differ else _STATUS_STYLE[r.status]
+        table.add_row(r.name, f"[{style}]{r.status}[/]", partitions, note)
+    return table
+
+
+@topics_app.command("create")
+def create(
+    bootstrap: Annotated[
+        str | None,
+        typer.Option(
+            help="host:port of the broker [default: $IMGOV_KAFKA_BOOTSTRAP or 127.0.0.1:19092]",
+            show_default=False,
+        ),
+    ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Topic definitions [default: infra/kafka/topics.toml]",
+            show_default=False,
+            dir_okay=False,
+        ),
+    ] = None,
+    replication_factor: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Override the file's replication factor for every topic (a real cluster).",
+            show_default=False,
+        ),
+    ] = None,
+    timeout_ms: Annotated[int, typer.Option(min=1000)] = 30_000,
+) -> None:
+    """Create the topics that do not exist yet (safe to run again).
+
+    Exit status: 0 done; 1 the file is invalid or the broker refused a topic;
+    2 an existing topic has another partition count than the file.
+    """
+    console = Console()
+    address = bootstrap or KafkaSettings().bootstrap
+    try:
+        specs = load_topics(file)
+        results = create_topics(
+            address, specs, replication_factor=replication_factor, timeout_ms=timeout_ms
+        )
+    except TopicAdminError as exc:
+        if exc.results:
+            console.print(_results_table(exc.results))
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    except TopicsError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+
+    console.print(_results_table(results))
+    created = sum(r.status is CreationStatus.CREATED for r in results)
+    console.print(f"{created} created, {len(results) - created} already there, on {address}")
+    if any(r.partitions_differ for r in results):
+        console.print("[yellow]warning:[/] some existing topics differ from the file")
+        raise typer.Exit(2)

@@ -1,0 +1,377 @@
+"""The governance breach policy over final KPI values (DESIGN §5).
+
+The policy is a versioned TOML file (``infra/policy/breach_policy.toml``)::
+
+    version = 1
+
+    [[rules]]
+    id = "ppv-low"              # stable: part of every breach_id
+    kpi = "alert_ppv"
+    window = "30d"              # 1h, 1d, 7d, 30d
+    comparator = "<"            # <, <=, >, >=
+    threshold = 0.30
+    min_denominator = 20        # fewer cases: no evidence either way
+    severity = "WARNING"        # WARNING, CRITICAL
+    open_after = 1              # consecutive breaching final windows to open
+    resolve_after = 3           # consecutive healthy final windows to resolve
+    scope = "site"              # which series (below)
+
+A rule of ``kind = "baseline"`` compares each window with the upper Wilson 95 % bound
+of the series' own baseline instead of a fixed threshold: the pooled numerator and
+denominator of its windows in the first ``baseline_days`` (default 60) days. That is
+the **sustained-discordance rule** of the Mayo Clinic PE-detector monitoring (Sorin et
+al., JACR 2025): daily discordance above the baseline's upper 95 % bound for 7
+consecutive days is CRITICAL.
+
+Series (``scope``): ``site`` (default) evaluates each site with algorithm version
+``*``; ``site_version`` each site and version; ``version`` all sites per version;
+``global`` all sites and versions; ``any`` every series. Every series is per algorithm
+and finding.
+
+Evaluation, per rule and series, on FINAL values in window order:
+
+- a window is *breaching* if its denominator reaches ``min_denominator`` and its value
+  (or ``statistic``: p50 / p90) satisfies the comparison; *healthy* if it reaches the
+  denominator and does not; otherwise (too few cases, no value, baseline still being
+  collected) it is *neutral*;
+- ``open_after`` consecutive breaching windows open a breach, ``resolve_after``
+  consecutive healthy windows resolve it (hysteresis); a neutral window or a gap in
+  the window sequence (a missing window) restarts both counts;
+- only the first final value of a window counts: later revisions and windows older
+  than the last one evaluated are ignored (``ignored_values``), so breach history is
+  append-only.
+
+A breach keeps one ``breach_id`` from OPEN to RESOLVED: a hash of the rule, the series
+and the window that opened it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from schemas.records import Breach, BreachState, KpiValue, Severity
+from streams.core.kpi.catalogue import KPI_BY_NAME
+from streams.core.kpi.stats import wilson_interval
+from streams.core.kpi.windows import DAY_MS, WINDOW_SPEC_BY_NAME
+
+__all__ = [
+    "BreachEvaluator",
+    "BreachPolicy",
+    "BreachRule",
+    "Comparator",
+    "RuleKind",
+    "Scope",
+    "breach_id",
+]
+
+
+class Comparator(StrEnum):
+    LT = "<"
+    LE = "<="
+    GT = ">"
+    GE = ">="
+
+    def holds(self, value: float, threshold: float) -> bool:
+        """Returns whether ``value <comparator> threshold``."""
+        if self is Comparator.LT:
+            return value < threshold
+        if self is Comparator.LE:
+            return value <= threshold
+        if self is Comparator.GT:
+            return value > threshold
+        return value >= threshold
+
+
+class RuleKind(StrEnum):
+    THRESHOLD = "threshold"
+    """Compare with a fixed ``threshold``."""
+    BASELINE = "baseline"
+    """Breaching when above the upper Wilson 95 % bound of the series' baseline."""
+
+
+class Scope(StrEnum):
+    SITE = "site"
+    SITE_VERSION = "site_version"
+    VERSION = "version"
+    GLOBAL = "global"
+    ANY = "any"
+
+    def matches(self, site_id: str, algorithm_version: str) -> bool:
+        """Returns whether a series (its site and version) is evaluated under this scope."""
+        site, version = site_id != "*", algorithm_version != "*"
+        if self is Scope.SITE:
+            return site and not version
+        if self is Scope.SITE_VERSION:
+            return site and version
+        if self is Scope.VERSION:
+            return not site and version
+        if self is Scope.GLOBAL:
+            return not site and not version
+        return True
+
+
+class BreachRule(BaseModel):
+    """One rule of the policy (see the module docstring for the fields)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(min_length=1)
+    kpi: str
+    window: str
+    severity: Severity
+    kind: RuleKind = RuleKind.THRESHOLD
+    comparator: Comparator = Comparator.GT
+    threshold: float | None = None
+    statistic: str = Field(default="value", pattern="^(value|p50|p90)$")
+    min_denominator: float = Field(default=1.0, ge=0.0)
+    open_after: int = Field(default=1, ge=1)
+    resolve_after: int = Field(default=1, ge=1)
+    scope: Scope = Scope.SITE
+    baseline_days: int = Field(default=60, ge=1)
+    min_baseline_denominator: float = Field(default=1.0, gt=0.0)
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BreachRule:
+        spec = KPI_BY_NAME.get(self.kpi)
+        if spec is None:
+            raise ValueError(f"rule {self.id!r}: unknown KPI {self.kpi!r}")
+        if self.window not in spec.window_sizes:
+            raise ValueError(f"rule {self.id!r}: {self.kpi} has no {self.window!r} windows")
+        if self.kind is RuleKind.THRESHOLD and self.threshold is None:
+            raise ValueError(f"rule {self.id!r}: a threshold rule needs a threshold")
+        if self.kind is RuleKind.BASELINE and self.statistic != "value":
+            raise ValueError(f"rule {self.id!r}: a baseline rule compares the value")
+        return self
+
+
+class BreachPolicy(BaseModel):
+    """A versioned set of breach rules."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: int = Field(ge=1)
+    rules: tuple[BreachRule, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> BreachPolicy:
+        ids = [rule.id for rule in self.rules]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"duplicate rule ids in the breach policy: {sorted(ids)}")
+        return self
+
+    @classmethod
+    def from_toml(cls, text: str) -> BreachPolicy:
+        """Parses a policy from TOML text (the runtime reads the file).
+
+        Raises:
+            ValueError: if the text is not TOML or not a valid policy
+                (``pydantic.ValidationError`` is a ``ValueError``).
+        """
+        try:
+            data: dict[str, Any] = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"breach policy is not valid TOML: {exc}") from exc
+        return cls.model_validate(data)
+
+
+def breach_id(rule_id: str, dims: tuple[str, str, str, str], window: str, start_ms: int) -> str:
+    """Returns the id of the breach a rule opened on a series at a window."""
+    text = "|".join((rule_id, *dims, window, str(start_ms)))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _when(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%MZ")
+
+
+@dataclass(slots=True)
+class _Window:
+    start_ms: int
+    end_ms: int
+    value: float
+    numerator: float | None
+    denominator: float | None
+
+    def describe(self) -> str:
+        counts = ""
+        if self.numerator is not None and self.denominator is not None:
+            counts = f" ({self.numerator:g}/{self.denominator:g})"
+        return f"[{_when(self.start_ms)}, {_when(self.end_ms)}) {self.value:.4g}{counts}"
+
+
+@dataclass(slots=True)
+class _Series:
+    """Evaluation state of one rule on one series; bounded, whatever the stream length."""
+
+    recent: deque[_Window]
+    last_start_ms: int | None = None
+    breaching: int = 0
+    healthy: int = 0
+    open_id: str | None = None
+    baseline_start_ms: int | None = None
+    baseline: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    bound: float | None = None
+
+
+class BreachEvaluator:
+    """Applies a breach policy to final KPI values; called with every batch of values.
+
+    Args:
+        policy: the rules to evaluate.
+    """
+
+    def __init__(self, policy: BreachPolicy) -> None:
+        self.policy = policy
+        self._rules: dict[tuple[str, str], list[BreachRule]] = {}
+        for rule in policy.rules:
+            self._rules.setdefault((rule.kpi, rule.window), []).append(rule)
+        self._series: dict[tuple[str, str, str, str, str], _Series] = {}
+        self.ignored_values = 0
+
+    def apply(self, values: Iterable[KpiValue]) -> list[Breach]:
+        """Evaluates KPI values (non-final ones are skipped); returns breaches opened or resolved.
+
+        Values of one series must come in window order, as the aggregator emits them.
+        """
+        out: list[Breach] = []
+        for v in values:
+            if not v.final:
+                continue
+            rules = self._rules.get((v.kpi, v.window_size))
+            if not rules:
+                continue
+            for rule in rules:
+                if rule.scope.matches(v.site_id, v.algorithm_version):
+                    breach = self._evaluate(rule, v)
+                    if breach is not None:
+                        out.append(breach)
+        return out
+
+    def _evaluate(self, rule: BreachRule, v: KpiValue) -> Breach | None:
+        key = (rule.id, v.site_id, v.algorithm_name, v.algorithm_version, v.finding_code)
+        series = self._series.get(key)
+        if series is None:
+            depth = max(rule.open_after, rule.resolve_after)
+            series = self._series[key] = _Series(recent=deque(maxlen=depth))
+        if v.revision > 1 or (
+            series.last_start_ms is not None and v.window_start_ms <= series.last_start_ms
+        ):
+            self.ignored_values += 1
+            return None
+        step = WINDOW_SPEC_BY_NAME[rule.window].step_ms
+        if series.last_start_ms is not None and v.window_start_ms != series.last_start_ms + step:
+            series.breaching = series.healthy = 0  # a missing window breaks the sequence
+            series.recent.clear()
+        series.last_start_ms = v.window_start_ms
+        verdict = self._verdict(rule, series, v)
+        if verdict is None:
+            series.breaching = series.healthy = 0
+            series.recent.clear()
+            return None
+        value = getattr(v, rule.statistic)
+        window = _Window(v.window_start_ms, v.window_end_ms, value, v.numerator, v.denominator)
+        if verdict:
+            if series.healthy:
+                series.recent.clear()
+            series.breaching += 1
+            series.healthy = 0
+        else:
+            if series.breaching:
+                series.recent.clear()
+            series.healthy += 1
+            series.breaching = 0
+        series.recent.append(window)
+        if verdict and series.open_id is None and series.breaching >= rule.open_after:
+            dims = (v.site_id, v.algorithm_name, v.algorithm_version, v.finding_code)
+            series.open_id = breach_id(rule.id, dims, rule.window, v.window_start_ms)
+            return self._breach(rule, series, v, BreachState.OPEN, series.open_id)
+        if not verdict and series.open_id is not None and series.healthy >= rule.resolve_after:
+            opened, series.open_id = series.open_id, None
+            return self._breach(rule, series, v, BreachState.RESOLVED, opened)
+        return None
+
+    def _verdict(self, rule: BreachRule, series: _Series, v: KpiValue) -> bool | None:
+        """True: breaching, False: healthy, None: neutral (no evidence either way)."""
+        if rule.kind is RuleKind.BASELINE and not self._baseline_done(rule, series, v):
+            return None
+        value = getattr(v, rule.statistic)
+        denominator = v.denominator or 0.0
+        if value is None or denominator < rule.min_denominator:
+            return None
+        if rule.kind is RuleKind.BASELINE:
+            return series.bound is not None and value > series.bound
+        assert rule.threshold is not None
+        return rule.comparator.holds(value, rule.threshold)
+
+    def _baseline_done(self, rule: BreachRule, series: _Series, v: KpiValue) -> bool:
+        """Accumulates the baseline; returns whether ``v`` lies after it."""
+        if series.baseline_start_ms is None:
+            series.baseline_start_ms = v.window_start_ms
+        end = series.baseline_start_ms + rule.baseline_days * DAY_MS
+        if v.window_start_ms < end:
+            if v.numerator is not None and v.denominator:
+                series.baseline[0] += v.numerator
+                series.baseline[1] += v.denominator
+            return False
+        if series.bound is None and series.baseline[1] >= rule.min_baseline_denominator:
+            series.bound = wilson_interval(series.baseline[0], series.baseline[1])[1]
+        return True
+
+    def _breach(
+        self, rule: BreachRule, series: _Series, v: KpiValue, state: BreachState, bid: str
+    ) -> Breach:
+        windows = list(series.recent)
+        value = getattr(v, rule.statistic)
+        if rule.kind is RuleKind.BASELINE:
+            threshold = series.bound
+            assert series.baseline_start_ms is not None
+            baseline_end = series.baseline_start_ms + rule.baseline_days * DAY_MS
+            test = (
+                f"above {threshold:.4g}, the upper Wilson 95% bound of its baseline "
+                f"[{_when(series.baseline_start_ms)}, {_when(baseline_end)}) "
+                f"({series.baseline[0]:g}/{series.baseline[1]:g})"
+            )
+        else:
+            threshold = rule.threshold
+            test = f"{rule.comparator.value} {threshold:g}"
+        stat = "" if rule.statistic == "value" else f" {rule.statistic}"
+        if state is BreachState.OPEN:
+            verb, count = "opened", rule.open_after
+            condition = test
+        else:
+            verb, count = "resolved", rule.resolve_after
+            condition = f"no longer {test}"
+        evidence = (
+            f"{verb}: {rule.kpi}{stat} over {rule.window} {condition} "
+            f"(denominator >= {rule.min_denominator:g}) in {len(windows[-count:])} "
+            f"consecutive final windows: "
+            + "; ".join(w.describe() for w in windows[-count:])
+            + f". Policy v{self.policy.version}, rule {rule.id}."
+        )
+        return Breach(
+            breach_id=bid,
+            rule_id=rule.id,
+            kpi=rule.kpi,
+            severity=rule.severity,
+            state=state,
+            window_size=rule.window,
+            window_start_ms=v.window_start_ms,
+            window_end_ms=v.window_end_ms,
+            site_id=v.site_id,
+            algorithm_name=v.algorithm_name,
+            algorithm_version=v.algorithm_version,
+            finding_code=v.finding_code,
+            value=value,
+            threshold=threshold,
+            evidence=evidence,
+        )

@@ -1,0 +1,246 @@
+"""Breach policy: parsing, hysteresis, the sustained-discordance rule, PSI bands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from schemas.records import BreachState, KpiValue, Severity
+from streams.core.kpi.breach import BreachEvaluator, BreachPolicy, BreachRule, Scope, breach_id
+from streams.core.kpi.stats import wilson_interval
+
+DAY = 86_400_000
+START = 1_735_689_600_000  # 2025-01-01T00:00:00Z
+POLICY_FILE = Path(__file__).resolve().parents[4] / "infra" / "policy" / "breach_policy.toml"
+
+
+def value(
+    day: int,
+    v: float | None,
+    *,
+    kpi: str = "alert_ppv",
+    window: str = "1d",
+    num: float | None = None,
+    den: float | None = 50.0,
+    site: str = "S1",
+    version: str = "*",
+    final: bool = True,
+    revision: int = 1,
+    p90: float | None = None,
+) -> KpiValue:
+    size = {"1d": DAY, "7d": 7 * DAY, "30d": 30 * DAY}[window]
+    return KpiValue(
+        kpi=kpi,
+        window_size=window,
+        window_start_ms=START + day * DAY,
+        window_end_ms=START + day * DAY + size,
+        site_id=site,
+        algorithm_name="pe-detect",
+        algorithm_version=version,
+        finding_code="PE",
+        numerator=num if num is not None else (None if v is None or den is None else v * den),
+        denominator=den,
+        value=v,
+        p90=p90,
+        final=final,
+        revision=revision,
+    )
+
+
+def policy(**rule: object) -> BreachPolicy:
+    fields: dict[str, object] = {
+        "id": "r",
+        "kpi": "alert_ppv",
+        "window": "1d",
+        "comparator": "<",
+        "threshold": 0.3,
+        "severity": "WARNING",
+    }
+    fields.update(rule)
+    return BreachPolicy(version=3, rules=(BreachRule.model_validate(fields),))
+
+
+def test_the_default_policy_file_parses() -> None:
+    parsed = BreachPolicy.from_toml(POLICY_FILE.read_text())
+    assert parsed.version == 1
+    rules = {r.id: r for r in parsed.rules}
+    discordance = rules["sustained-discordance"]
+    assert (discordance.kpi, discordance.window, discordance.severity) == (
+        "discordance_rate",
+        "1d",
+        Severity.CRITICAL,
+    )
+    assert (discordance.open_after, discordance.baseline_days) == (7, 60)
+    assert rules["alert-ppv-low"].threshold == 0.30
+    assert rules["score-drift-major"].severity is Severity.CRITICAL
+    assert all(r.scope is Scope.SITE for r in parsed.rules)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "version = 1\n[[rules]]\nid='a'\nkpi='nope'\nwindow='1d'\nthreshold=1\n"
+            "severity='WARNING'",
+            "unknown KPI",
+        ),
+        (
+            "version = 1\n[[rules]]\nid='a'\nkpi='score_psi'\nwindow='1h'\nthreshold=1\n"
+            "severity='WARNING'",
+            "no '1h' windows",
+        ),
+        (
+            "version = 1\n[[rules]]\nid='a'\nkpi='alert_ppv'\nwindow='1d'\nseverity='WARNING'",
+            "needs a threshold",
+        ),
+        (
+            "version = 1\n" + "[[rules]]\nid='a'\nkpi='alert_ppv'\nwindow='1d'\nthreshold=1\n"
+            "severity='WARNING'\n" * 2,
+            "duplicate",
+        ),
+        ("version = [", "not valid TOML"),
+        ("rules = []", "version"),
+    ],
+)
+def test_invalid_policies_are_refused(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        BreachPolicy.from_toml(text)
+
+
+def run(evaluator: BreachEvaluator, values: list[KpiValue]) -> list:
+    out = []
+    for v in values:
+        out += evaluator.apply([v])
+    return out
+
+
+def test_hysteresis_open_after_n_resolve_after_m() -> None:
+    evaluator = BreachEvaluator(policy(open_after=3, resolve_after=2))
+    series = [0.1, 0.2, 0.5, 0.1, 0.1, 0.2, 0.25, 0.9, 0.1, 0.8, 0.8]
+    breaches = {}
+    for day, v in enumerate(series):
+        for b in evaluator.apply([value(day, v)]):
+            breaches[day] = b
+    # Days 0-1 breach, day 2 healthy resets; days 3-5 are three in a row: opens on day 5.
+    assert sorted(breaches) == [5, 10]
+    opened, resolved = breaches[5], breaches[10]
+    assert opened.state is BreachState.OPEN and resolved.state is BreachState.RESOLVED
+    assert opened.breach_id == resolved.breach_id
+    assert opened.breach_id == breach_id("r", ("S1", "pe-detect", "*", "PE"), "1d", START + 5 * DAY)
+    assert opened.window_start_ms == START + 5 * DAY and opened.value == 0.2
+    assert opened.threshold == 0.3 and opened.severity is Severity.WARNING
+    assert "3 consecutive" in opened.evidence and "2025-01-04T00:00Z" in opened.evidence
+    assert "Policy v3, rule r" in opened.evidence
+    # Day 8 (healthy) was followed by a breaching day: only days 9-10 resolve it.
+    assert "2025-01-10T00:00Z" in resolved.evidence and "2025-01-11T00:00Z" in resolved.evidence
+
+
+def test_neutral_windows_and_gaps_restart_the_count() -> None:
+    evaluator = BreachEvaluator(policy(open_after=2, min_denominator=20))
+    values = [
+        value(0, 0.1),
+        value(1, 0.1, den=5),  # too few cases: no evidence either way
+        value(2, 0.1),
+        value(4, 0.1),  # day 3 is missing
+        value(5, 0.1),  # second consecutive: opens
+    ]
+    out = run(evaluator, values)
+    assert [b.window_start_ms for b in out] == [START + 5 * DAY]
+
+
+def test_only_first_final_values_in_order_count() -> None:
+    evaluator = BreachEvaluator(policy(open_after=2))
+    out = run(
+        evaluator,
+        [
+            value(0, 0.1, final=False),
+            value(0, 0.1),
+            value(0, 0.9, revision=2),  # a revision: ignored
+            value(0, 0.1),  # a repeat: ignored
+            value(1, 0.1),
+        ],
+    )
+    assert len(out) == 1 and out[0].window_start_ms == START + DAY
+    assert evaluator.ignored_values == 2
+
+
+def test_scope_selects_the_series() -> None:
+    evaluator = BreachEvaluator(policy())
+    assert run(evaluator, [value(0, 0.1, site="*"), value(0, 0.1, version="1.0")]) == []
+    assert len(run(evaluator, [value(0, 0.1)])) == 1
+    rolled = BreachEvaluator(policy(scope="global"))
+    assert len(run(rolled, [value(0, 0.1), value(0, 0.1, site="*")])) == 1
+
+
+def test_duration_rule_on_p90() -> None:
+    evaluator = BreachEvaluator(
+        policy(kpi="time_to_result", comparator=">", threshold=900_000, statistic="p90")
+    )
+    out = run(evaluator, [value(0, 60_000, kpi="time_to_result", p90=1_000_000.0)])
+    assert out[0].value == 1_000_000.0 and "p90" in out[0].evidence
+
+
+def _discordance_days(rates: list[float], per_day: float = 100.0) -> list[KpiValue]:
+    return [
+        value(day, r, kpi="discordance_rate", num=r * per_day, den=per_day)
+        for day, r in enumerate(rates)
+    ]
+
+
+@pytest.fixture
+def discordance() -> BreachPolicy:
+    return BreachPolicy.from_toml(POLICY_FILE.read_text())
+
+
+def test_sustained_discordance_fires_on_day_7_not_6(discordance: BreachPolicy) -> None:
+    baseline = [0.04, 0.06] * 30  # 60 days at 5 %: upper bound ~5.6 %
+    bound = wilson_interval(300, 6000)[1]
+    evaluator = BreachEvaluator(discordance)
+    assert run(evaluator, _discordance_days(baseline)) == []
+    excursion = _discordance_days(baseline + [0.10] * 7)[60:]
+    out = []
+    for day, v in enumerate(excursion, start=1):
+        fired = evaluator.apply([v])
+        if day < 7:
+            assert fired == [], day
+        out += fired
+    assert len(out) == 1
+    breach = out[0]
+    assert breach.rule_id == "sustained-discordance" and breach.severity is Severity.CRITICAL
+    assert breach.state is BreachState.OPEN
+    assert breach.window_start_ms == START + 66 * DAY
+    assert breach.threshold == pytest.approx(bound)
+    assert f"{bound:.4g}" in breach.evidence and "(300/6000)" in breach.evidence
+    assert "7 consecutive" in breach.evidence and "2025-03-02T00:00Z" in breach.evidence
+
+
+def test_six_day_excursions_never_fire(discordance: BreachPolicy) -> None:
+    rates = [0.05] * 60 + ([0.10] * 6 + [0.05]) * 5
+    assert run(BreachEvaluator(discordance), _discordance_days(rates)) == []
+
+
+def test_sustained_discordance_resolves_after_seven_normal_days(discordance: BreachPolicy) -> None:
+    rates = [0.05] * 60 + [0.12] * 10 + [0.05] * 6
+    evaluator = BreachEvaluator(discordance)
+    out = run(evaluator, _discordance_days(rates))
+    assert [b.state for b in out] == [BreachState.OPEN]
+    out = run(evaluator, _discordance_days([*rates, 0.05])[-1:])
+    assert [b.state for b in out] == [BreachState.RESOLVED]
+
+
+def test_psi_bands(discordance: BreachPolicy) -> None:
+    evaluator = BreachEvaluator(discordance)
+    moderate = [value(d, 0.15, kpi="score_psi", window="7d", den=500) for d in range(3)]
+    out = run(evaluator, moderate)
+    assert [(b.rule_id, b.severity) for b in out] == [("score-drift-moderate", Severity.WARNING)]
+    major = [value(d, 0.4, kpi="score_psi", window="7d", den=500) for d in range(3, 6)]
+    out = run(evaluator, major)
+    assert [(b.rule_id, b.severity) for b in out] == [("score-drift-major", Severity.CRITICAL)]
+
+
+def test_evaluation_is_deterministic(discordance: BreachPolicy) -> None:
+    rates = [0.05] * 60 + [0.12] * 10
+    first = run(BreachEvaluator(discordance), _discordance_days(rates))
+    second = run(BreachEvaluator(discordance), _discordance_days(rates))
+    assert first == second and first

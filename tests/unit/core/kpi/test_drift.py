@@ -1,0 +1,125 @@
+"""Score drift: bins, PSI, the per-series reference and the score_psi KPI."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from schemas.events import InferenceResult, InferenceStatus
+from schemas.records import Completeness, LineageRecord, Outcome
+from streams.core.kpi.aggregator import KpiAggregator
+from streams.core.kpi.config import KpiConfig
+from streams.core.kpi.drift import ScoreReference, population_stability_index, score_bin
+from tests.unit.core.kpi.test_batch import feed
+
+DAY = 86_400_000
+START = 1_735_689_600_000
+
+
+@pytest.mark.parametrize(
+    ("score", "expected"),
+    [(0.0, 0), (0.0999, 0), (0.1, 1), (0.55, 5), (0.9, 9), (1.0, 9), (-0.5, 0), (1.5, 9)],
+)
+def test_score_bins(score: float, expected: int) -> None:
+    assert score_bin(score) == expected
+
+
+def test_nan_scores_have_no_bin() -> None:
+    assert score_bin(math.nan) is None
+
+
+def test_psi_of_identical_distributions_is_zero() -> None:
+    bins = [5, 10, 20, 30, 20, 10, 3, 1, 1, 0]
+    assert population_stability_index(bins, bins) == 0.0
+    assert population_stability_index([2 * b for b in bins], bins) == pytest.approx(0.0)
+
+
+def test_psi_of_samples_of_one_distribution_is_small_and_of_a_shift_large() -> None:
+    rng = random.Random(1)
+
+    def histogram(shift: float) -> list[int]:
+        bins = [0] * 10
+        for _ in range(20_000):
+            b = score_bin(min(1.0, max(0.0, rng.betavariate(2, 5) + shift)))
+            assert b is not None
+            bins[b] += 1
+        return bins
+
+    reference = histogram(0.0)
+    same = population_stability_index(histogram(0.0), reference)
+    shifted = population_stability_index(histogram(0.25), reference)
+    assert same is not None and same < 0.01
+    assert shifted is not None and shifted > 0.25
+
+
+def test_psi_with_empty_bins_is_finite_and_empty_inputs_give_none() -> None:
+    got = population_stability_index([10, 0, 0], [0, 0, 10], epsilon=1e-4)
+    assert got is not None and math.isfinite(got) and got > 1
+    assert population_stability_index([0, 0], [1, 1]) is None
+    assert population_stability_index([1, 1], [0, 0]) is None
+
+
+def test_reference_follows_the_first_day_seen() -> None:
+    ref = ScoreReference(2 * DAY)
+    assert ref.update(0, 5 * DAY, 3, 1)
+    assert ref.update(0, 6 * DAY, 3, 1)
+    assert not ref.update(0, 7 * DAY, 3, 1)  # after the reference period
+    assert ref.reference([0]) == (7 * DAY, [0, 0, 0, 2, 0, 0, 0, 0, 0, 0])
+    assert ref.update(0, 4 * DAY, 1, 1)  # an earlier first day: day 6 leaves the reference
+    assert ref.reference([0]) == (6 * DAY, [0, 1, 0, 1, 0, 0, 0, 0, 0, 0])
+    assert not ref.update(0, 4 * DAY, 9, -1)  # never added: refused
+    assert ref.update(0, 4 * DAY, 1, -1)
+    assert ref.first_day(0) == 4 * DAY  # retraction does not move the first day
+    assert ref.reference([1]) is None
+    with pytest.raises(ValueError):
+        ScoreReference(DAY + 1)
+
+
+def _inference(uid: str, t: int, score: float) -> LineageRecord:
+    return LineageRecord(
+        site_id="S1",
+        study_uid=uid,
+        algorithm_name="pe-detect",
+        finding_code="PE",
+        algorithm_version="1.0",
+        inference_status=InferenceStatus.SUCCEEDED,
+        ai_result=InferenceResult.POSITIVE if score >= 0.5 else InferenceResult.NEGATIVE,
+        score=score,
+        study_available_at_ms=t - 60_000,
+        inference_completed_at_ms=t,
+        outcome=Outcome.AWAITING_REPORT,
+        completeness=Completeness.OPEN,
+        revision=1,
+        updated_at_ms=t,
+        record_hash=uid,
+    )
+
+
+def test_score_psi_kpi_after_the_reference_period() -> None:
+    """7 reference days, 7 similar days, then 7 days of shifted scores."""
+    rng = random.Random(2)
+    aggregator = KpiAggregator(KpiConfig(psi_reference_ms=7 * DAY, emit_interval_ms=None))
+    values = []
+    for day in range(21):
+        shift = 0.3 if day >= 14 else 0.0
+        for i in range(300):
+            t = START + day * DAY + i * 280_000
+            score = min(1.0, max(0.0, rng.betavariate(2, 5) + shift))
+            values += feed(aggregator, None, _inference(f"{day}-{i}", t, score))
+    values += aggregator.close_all()
+    psi = {
+        (v.window_start_ms - START) // DAY: v
+        for v in values
+        if v.kpi == "score_psi"
+        and v.window_size == "1d"
+        and v.site_id == "S1"
+        and v.algorithm_version == "1.0"
+    }
+    assert sorted(psi) == list(range(7, 21))  # none inside the reference period
+    assert all(psi[d].value < 0.1 for d in range(7, 14))
+    assert all(psi[d].value > 0.25 for d in range(14, 21))
+    assert all(v.denominator == 300 for v in psi.values())
+    weekly = [v for v in values if v.kpi == "score_psi" and v.window_size == "7d"]
+    assert weekly and min(v.window_start_ms for v in weekly) == START + 7 * DAY
