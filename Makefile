@@ -36,10 +36,14 @@ status: ## Show whether the services run, with their memory
 	@bash $(CLICKHOUSE) status || true
 
 # The services are stopped even when a test fails, and the target exits with the
-# test result. A service that fails to start fails the run (before any test).
+# test result. A service that fails to start fails the run (before any test), and so
+# does an import that breaks the layers (pyproject.toml [tool.importlinter]).
 test: venv ## Install what is missing, start the services, run every test, stop them
 	@status=0; \
 	$(MAKE) --no-print-directory up || status=$$?; \
+	if [ $$status -eq 0 ]; then \
+		$(BIN)/lint-imports --no-cache || status=$$?; \
+	fi; \
 	if [ $$status -eq 0 ]; then \
 		$(BIN)/pytest -q tests/unit tests/golden tests/integration || status=$$?; \
 	else \
@@ -54,9 +58,10 @@ unit: venv ## Run the unit tests only (no servers)
 integration: venv ## Run the integration tests against running services (make up first)
 	$(BIN)/pytest -q tests/integration
 
-lint: venv ## Ruff and mypy (strict on the pure core and the contracts)
+lint: venv ## Ruff, mypy (strict on the pure core and the contracts), the import layers
 	$(BIN)/ruff check streams schemas sinks tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 bench: venv ## Run the benchmarks; results are appended to .imgov/bench/results.jsonl
 	@for b in tests/benchmarks/bench_*.py; do m=$${b%.py}; echo "== $$m"; $(BIN)/python -m $${m//\//.} || exit $$?; done
