@@ -1,9 +1,11 @@
 """The whole governance core behind one object: join, KPIs, breaches, review candidates.
 
-``GovernanceProcessor`` is what both drivers call: the offline replay
-(``streams.replay.driver``) with chunks of a file, and the live Faust agents with the
-batches they are about to commit. It performs no I/O and reads no clock: it returns
-every output as data (STYLE rule 4), and the driver decides where each goes.
+``GovernanceProcessor`` is what the offline replay (``streams.replay.driver``) calls
+with chunks of its files. It is made of the two halves the live worker runs in two
+stages: ``LineageStep`` (join, review candidates, retention) and ``KpiStep`` (windows,
+breaches, late contributions), so replay and live share one implementation of each.
+It performs no I/O and reads no clock: it returns every output as data (STYLE rule 4),
+and the driver decides where each goes.
 
 Event time is tracked per *source* (an input file, a partition): each source's
 watermark is the greatest ``occurred_at_ms`` seen there minus ``allowed_lateness_ms``,
@@ -30,18 +32,17 @@ from schemas.records import Breach, DeadLetter, KpiValue, LineageRecord, ReviewC
 from streams.core.kpi.aggregator import KpiAggregator
 from streams.core.kpi.breach import BreachEvaluator
 from streams.core.kpi.config import KpiConfig
+from streams.core.kpi.step import KpiStep
 from streams.core.lineage.config import LineageConfig
-from streams.core.lineage.join import JoinOutput, LineageJoiner, LineageRevision
+from streams.core.lineage.join import LineageJoiner, LineageRevision
+from streams.core.lineage.step import LineageStep
 from streams.core.lineage.store import StudyStore
 from streams.core.watermarks import WatermarkTracker
 
-__all__ = ["DEFAULT_SOURCE", "GovernanceProcessor", "ProcessorOutput", "review_candidate_for"]
+__all__ = ["DEFAULT_SOURCE", "GovernanceProcessor", "ProcessorOutput"]
 
 DEFAULT_SOURCE = "input"
 """The source of events given without one: a single input in one event-time order."""
-
-REVIEW_REASON = "AI positive, report absent, no interaction with the alert (secondary review)"
-
 
 @dataclass(slots=True)
 class ProcessorOutput:
@@ -70,30 +71,6 @@ class ProcessorOutput:
             + len(self.reviews)
             + len(self.dead_letters)
         )
-
-
-def review_candidate_for(revision: LineageRevision) -> ReviewCandidate | None:
-    """Returns a review candidate when this revision makes its row one, else None.
-
-    A row is announced once, on the revision where ``review_candidate`` becomes true
-    (AI positive, report absent, nobody interacted: the Mayo secondary-review trigger).
-    """
-    new, old = revision.new, revision.old
-    if not new.review_candidate or (old is not None and old.review_candidate):
-        return None
-    return ReviewCandidate(
-        site_id=new.site_id,
-        study_uid=new.study_uid,
-        algorithm_name=new.algorithm_name,
-        algorithm_version=new.algorithm_version,
-        finding_code=new.finding_code,
-        score=new.score,
-        report_id=new.report_id,
-        report_final_at_ms=new.report_final_at_ms,
-        revision=new.revision,
-        record_hash=new.record_hash,
-        reason=REVIEW_REASON,
-    )
 
 
 def _revision_time(revision: LineageRevision) -> int:
@@ -125,7 +102,8 @@ class GovernanceProcessor:
         self.joiner = LineageJoiner(lineage, store)
         self.aggregator = KpiAggregator(self._kpi_config)
         self.watermarks = WatermarkTracker(self._kpi_config.allowed_lateness_ms, sources)
-        self._breaches = breaches
+        self._lineage = LineageStep(self.joiner)
+        self._kpi = KpiStep(self.aggregator, breaches)
         self._watermark_ms: int | None = None
 
     @property
@@ -157,7 +135,7 @@ class GovernanceProcessor:
         else:
             for event, source in zip(events, sources, strict=True):
                 observe(source, event.occurred_at_ms)
-        self._take(self.joiner.apply_many(events), out)
+        self._count(self._lineage.join(events, out), out)
         self._advance(out)
         return out
 
@@ -171,8 +149,8 @@ class GovernanceProcessor:
     def close(self) -> ProcessorOutput:
         """End of a finite input: every KPI window becomes final and is emitted."""
         out = ProcessorOutput()
-        self._kpis(self.aggregator.close_all(), out)
-        out.dead_letters.extend(self.aggregator.take_late())
+        self._kpi.close_all(out)
+        self._kpi.take_late(out)
         return out
 
     # --- internals ------------------------------------------------------------------
@@ -184,25 +162,12 @@ class GovernanceProcessor:
             # Retention follows the same watermark as the KPI windows, so a study is
             # never evicted while an event for it could still be on time; its expiry
             # revisions count before the windows they fall in become final.
-            self._take(self.joiner.advance(watermark), out)
-            self._kpis(self.aggregator.advance(watermark), out)
-        out.dead_letters.extend(self.aggregator.take_late())
+            self._count(self._lineage.advance(watermark, out), out)
+            self._kpi.advance(watermark, out)
+        self._kpi.take_late(out)
 
-    def _take(self, joined: JoinOutput, out: ProcessorOutput) -> None:
-        out.dead_letters.extend(joined.dead_letters)
-        for revision in joined.revisions:
-            out.lineage.append(revision.new)
-            review = review_candidate_for(revision)
-            if review is not None:
-                out.reviews.append(review)
+    def _count(self, revisions: Sequence[LineageRevision], out: ProcessorOutput) -> None:
         # In event-time order (stable, at most one revision per row per batch): the
         # windows do not depend on it, the order of current values does.
-        for revision in sorted(joined.revisions, key=_revision_time):
-            self._kpis(self.aggregator.apply(revision.old, revision.new), out)
-
-    def _kpis(self, values: list[KpiValue], out: ProcessorOutput) -> None:
-        if not values:
-            return
-        out.kpis.extend(values)
-        if self._breaches is not None:
-            out.breaches.extend(self._breaches.apply([v for v in values if v.final]))
+        for revision in sorted(revisions, key=_revision_time):
+            self._kpi.count(revision.old, revision.new, out)

@@ -1,10 +1,11 @@
 """The two stages of the live worker as plain objects: batches in, outputs as data.
 
 The Faust agents (``streams.runtime.agents``) own consumers, producers, the sink and
-commits; these classes own the pure core (the same ``LineageJoiner``,
-``review_candidate_for``, ``KpiAggregator`` and ``BreachEvaluator`` the offline replay
-drives through ``GovernanceProcessor``) and decide what each batch produces. They need
-no broker, so unit tests drive them directly.
+commits; these classes decode messages, keep event time per source and state per
+partition, and drive the core's own halves of a batch: ``LineageStep`` (join, review
+candidates, retention) and ``KpiStep`` (windows, breaches, late contributions), the
+same two the offline replay drives through ``GovernanceProcessor``. They need no
+broker, so unit tests drive them directly.
 
 **LineageStage** (input topics, co-partitioned by study): decodes and validates each
 message (a refusal becomes a dead letter with the original bytes), joins the accepted
@@ -59,7 +60,6 @@ from schemas.events import Event
 from schemas.records import (
     Breach,
     DeadLetter,
-    DeadLetterReason,
     KpiValue,
     LineageRecord,
     ReviewCandidate,
@@ -67,13 +67,13 @@ from schemas.records import (
 from sinks.clickhouse.rows import EventSource
 from streams.core.kpi.aggregator import KpiAggregator
 from streams.core.kpi.breach import BreachEvaluator
+from streams.core.kpi.step import KpiStep
 from streams.core.kpi.windows import HOUR_MS
 from streams.core.lineage.config import LineageConfig
 from streams.core.lineage.join import LineageJoiner
-from streams.core.lineage.output import JoinOutput
 from streams.core.lineage.pseudonym import Pseudonymiser
+from streams.core.lineage.step import LineageStep
 from streams.core.lineage.store import MappingStudyStore
-from streams.core.pipeline import review_candidate_for
 from streams.core.watermarks import WatermarkTracker, combine_watermarks
 from streams.runtime.outputs import (
     CONTROL_CLOSE,
@@ -125,7 +125,7 @@ class LineageStage:
         input_topics: Sequence[str] = (),
     ) -> None:
         self.state = state
-        self.joiner = LineageJoiner(config, MappingStudyStore(state))
+        self.step = LineageStep(LineageJoiner(config, MappingStudyStore(state)))
         self._lateness = allowed_lateness_ms
         self._codec = codec
         self._pseudonymiser = pseudonymiser
@@ -133,8 +133,15 @@ class LineageStage:
         self._topics = tuple(input_topics)
         self._partitions: dict[int, WatermarkTracker] = {}
         self._announced: dict[int, int | None] = {}
-        self._expired_to: int | None = None
-        self.late_after_eviction = 0
+
+    @property
+    def joiner(self) -> LineageJoiner:
+        return self.step.joiner
+
+    @property
+    def late_after_eviction(self) -> int:
+        """Events refused because their study had already expired."""
+        return self.step.late_after_eviction
 
     def rebuild(self) -> None:
         """Re-reads the expiry index from the state (after a partition reassignment)."""
@@ -254,28 +261,14 @@ class LineageStage:
             )
         for partition in sorted(by_partition):
             self.state.use_partition(partition)
-            self._take(self.joiner.apply_many(by_partition[partition]), out)
+            self.step.join(by_partition[partition], out)
         self.state.use_partition(None)
         self.expire(out)
         return out
 
     def expire(self, out: LineageBatch) -> None:
         """Expires studies past retention at the current watermark, into ``out``."""
-        wm = self.watermark_ms
-        if wm is not None and (self._expired_to is None or wm > self._expired_to):
-            self._expired_to = wm
-            self._take(self.joiner.advance(wm), out)
-
-    def _take(self, joined: JoinOutput, out: LineageBatch) -> None:
-        out.dead_letters.extend(joined.dead_letters)
-        self.late_after_eviction += sum(
-            1 for d in joined.dead_letters if d.reason is DeadLetterReason.LATE_AFTER_EVICTION
-        )
-        for revision in joined.revisions:
-            out.lineage.append(revision.new)
-            review = review_candidate_for(revision)
-            if review is not None:
-                out.reviews.append(review)
+        self.step.advance(self.watermark_ms, out)
 
 
 def _schema_id(message: InputMessage) -> int | None:
@@ -311,14 +304,17 @@ class KpiBatch:
 
 @dataclass(slots=True)
 class _KpiPartition:
-    aggregator: KpiAggregator
-    breaches: BreachEvaluator | None
+    step: KpiStep
     upstream: WatermarkTracker
     """One source per upstream input partition, fed by watermark records."""
     offset: int | None = None
     """Every offset up to this one is applied (None: nothing yet)."""
     above: set[int] = field(default_factory=set)
     """Offsets applied beyond a gap in delivery (the gap may still be delivered)."""
+
+    @property
+    def aggregator(self) -> KpiAggregator:
+        return self.step.aggregator
 
     def applied(self, offset: int) -> bool:
         """Whether ``offset`` is already in the aggregator (its redelivery changes nothing)."""
@@ -395,10 +391,10 @@ class KpiStage:
                     aggregator, breaches, upstream, offset = snapshot
                 else:
                     aggregator, breaches, upstream, offset, above = snapshot
-                part = _KpiPartition(aggregator, breaches, upstream, offset, above)
+                part = _KpiPartition(KpiStep(aggregator, breaches), upstream, offset, above)
             else:
                 part = _KpiPartition(
-                    self._new_aggregator(), self._new_breaches(), self._new_upstream()
+                    KpiStep(self._new_aggregator(), self._new_breaches()), self._new_upstream()
                 )
             self._parts[partition] = part
         return part
@@ -422,8 +418,8 @@ class KpiStage:
                 continue
             if control == CONTROL_CLOSE:
                 if not replayed:
-                    self._emit(part, part.aggregator.close_all(), out)
-                    self._late(part, message, out)
+                    part.step.close_all(out)
+                    part.step.take_late(out, _origin(message))
                     out.closed += 1
                 continue
             if not message.value:
@@ -440,8 +436,8 @@ class KpiStage:
             if replayed:
                 continue
             out.applied += 1
-            self._emit(part, part.aggregator.apply(old, new), out)
-            self._late(part, message, out)
+            part.step.count(old, new, out)
+            part.step.take_late(out, _origin(message))
         return out
 
     def _watermark(self, part: _KpiPartition, message: InputMessage, out: KpiBatch) -> None:
@@ -452,22 +448,8 @@ class KpiStage:
             part.upstream.observe(upstream, watermark)
         combined = part.upstream.watermark_ms
         if combined is not None:
-            self._emit(part, part.aggregator.advance(combined), out)
-            self._late(part, message, out)
-
-    @staticmethod
-    def _late(part: _KpiPartition, message: InputMessage, out: KpiBatch) -> None:
-        letters = part.aggregator.take_late()
-        out.dead_letters.extend(
-            letter.model_copy(
-                update={
-                    "source_topic": message.topic,
-                    "source_partition": message.partition,
-                    "source_offset": message.offset,
-                }
-            )
-            for letter in letters
-        )
+            part.step.advance(combined, out)
+            part.step.take_late(out, _origin(message))
 
     def too_late(self) -> dict[str, int]:
         """Contributions that reached closed windows, by window size, over loaded partitions."""
@@ -489,11 +471,8 @@ class KpiStage:
         """
         out = KpiBatch()
         for partition in sorted(self._parts):
-            part = self._parts[partition]
-            values = part.aggregator.emit_current()
-            if values:
+            if self._parts[partition].step.emit_current(out):
                 self._touched.add(partition)  # what was emitted is part of the state
-                self._emit(part, values, out)
         return out
 
     def discard(self) -> None:
@@ -519,17 +498,13 @@ class KpiStage:
             part = self._parts[partition]
             self.snapshots.use_partition(partition)
             self.snapshots[_SNAPSHOT + str(partition)] = pickle.dumps(
-                (part.aggregator, part.breaches, part.upstream, part.offset, part.above),
+                (part.step.aggregator, part.step.breaches, part.upstream, part.offset, part.above),
                 protocol=pickle.HIGHEST_PROTOCOL,
             )
         self.snapshots.use_partition(None)
         self.rows.use_partition(None)
         self._touched.clear()
 
-    @staticmethod
-    def _emit(part: _KpiPartition, values: list[KpiValue], out: KpiBatch) -> None:
-        if not values:
-            return
-        out.kpis.extend(values)
-        if part.breaches is not None:
-            out.breaches.extend(part.breaches.apply([v for v in values if v.final]))
+
+def _origin(message: InputMessage) -> tuple[str, int, int]:
+    return (message.topic, message.partition, message.offset)
