@@ -36,6 +36,7 @@ import fastavro
 import fastavro.schema
 from pydantic import BaseModel, ValidationError
 
+from schemas.compatibility import backward_problems
 from schemas.errors import (
     EncodeError,
     OversizedError,
@@ -45,16 +46,8 @@ from schemas.errors import (
 )
 from schemas.events import AlertEvent, Event, InferenceEvent, ReportEvent
 from schemas.records import Breach, DeadLetter, KpiValue, LineageRecord, ReviewCandidate
-from schemas.registry import (
-    AVSC_DIR,
-    REGISTRY_URL_ENV,
-    Schema,
-    SchemaRegistry,
-    backward_problems,
-    canonical_json,
-    full_name,
-    load_avsc,
-)
+from schemas.registry import REGISTRY_URL_ENV, SchemaRegistry
+from schemas.subjects import AVSC_DIR, Schema, canonical_json, full_name, load_avsc
 from schemas.validation import EventValidator, validation_failed_from_pydantic
 
 __all__ = [

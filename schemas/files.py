@@ -34,6 +34,7 @@ import fastavro
 from pydantic import BaseModel, ValidationError
 
 from schemas.codec import EVENT_SUBJECTS, MODELS_BY_SUBJECT, schema_for_reading
+from schemas.compatibility import backward_problems
 from schemas.errors import (
     DecodeError,
     OversizedError,
@@ -50,14 +51,7 @@ from schemas.events import (
     ReportEvent,
 )
 from schemas.records import DeadLetterReason
-from schemas.registry import (
-    AVSC_DIR,
-    Schema,
-    backward_problems,
-    canonical_json,
-    full_name,
-    load_avsc,
-)
+from schemas.subjects import AVSC_DIR, Schema, canonical_json, full_name, load_avsc
 from schemas.validation import EventValidator, validation_failed_from_pydantic
 
 __all__ = [

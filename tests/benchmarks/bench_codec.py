@@ -40,6 +40,7 @@ import fastavro  # noqa: E402
 from schemas.codec import SUBJECTS_BY_MODEL, Codec, schema_for_reading  # noqa: E402
 from schemas.corpus import sample_events  # noqa: E402
 from schemas.events import EVENT_MODELS, Event, EventType, InferenceEvent  # noqa: E402
+from schemas.file_registry import FileSchemaRegistry  # noqa: E402
 from schemas.files import (  # noqa: E402
     RejectedInput,
     event_to_json_line,
@@ -47,7 +48,7 @@ from schemas.files import (  # noqa: E402
     read_jsonl,
     write_avro,
 )
-from schemas.registry import FileSchemaRegistry, load_avsc  # noqa: E402
+from schemas.subjects import load_avsc  # noqa: E402
 from schemas.validation import EventValidator  # noqa: E402
 
 END_MS = 1_760_000_000_000

@@ -25,7 +25,6 @@ from schemas.events import (
     ReportEvent,
 )
 from streams.core.lineage.config import LineageConfig
-from streams.core.lineage.outcome import FINAL_STATUSES
 from streams.core.lineage.pseudonym import IdentifierKind, Pseudonymiser
 from streams.core.lineage.state import (
     AlertFact,
@@ -37,6 +36,7 @@ from streams.core.lineage.state import (
     RowState,
     StudyState,
 )
+from streams.core.lineage.summaries import FINAL_STATUSES
 
 __all__ = ["StudyBuilder", "StudyFolder", "fold_event"]
 

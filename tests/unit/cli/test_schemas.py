@@ -8,7 +8,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from schemas.registry import AVSC_DIR, REGISTRY_DIR
+from schemas.file_registry import REGISTRY_DIR
+from schemas.subjects import AVSC_DIR
 from streams.cli.schemas import schemas_app
 
 runner = CliRunner()

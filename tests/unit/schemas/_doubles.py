@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from schemas.errors import RegistryUnavailableError, SchemaNotFoundError
-from schemas.registry import RegisteredSchema, Schema, canonical_json, full_name, schema_id_of
+from schemas.file_registry import schema_id_of
+from schemas.subjects import RegisteredSchema, Schema, canonical_json, full_name
 
 
 class MemoryRegistry:

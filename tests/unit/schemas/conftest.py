@@ -7,7 +7,7 @@ import pytest
 from schemas.codec import Codec
 from schemas.corpus import sample_events
 from schemas.events import Event
-from schemas.registry import FileSchemaRegistry
+from schemas.file_registry import FileSchemaRegistry
 from schemas.validation import EventValidator
 
 NOW_MS = 1_760_000_000_000

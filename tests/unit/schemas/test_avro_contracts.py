@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from schemas.codec import EVENT_SUBJECTS, MODELS_BY_SUBJECT
-from schemas.registry import AVSC_DIR, load_avsc
+from schemas.subjects import AVSC_DIR, load_avsc
 
 DURATIONS = {"time_to_result_ms", "time_to_alert_ms", "time_to_response_ms", "report_tat_ms"}
 ENUM_DEFAULTS = {"AlertChannel": "OTHER"}

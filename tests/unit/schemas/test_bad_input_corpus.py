@@ -11,9 +11,9 @@ from schemas.codec import Codec
 from schemas.corpus import CorpusItem, bad_input_corpus, bad_jsonl_lines, sample_events
 from schemas.errors import DecodeError
 from schemas.events import AlertEvent, InferenceEvent, ReportEvent
+from schemas.file_registry import FileSchemaRegistry
 from schemas.files import RejectedInput, read_jsonl
 from schemas.records import DeadLetterReason
-from schemas.registry import FileSchemaRegistry
 from schemas.validation import EventValidator
 from tests.unit.schemas.conftest import NOW_MS
 

@@ -29,7 +29,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from schemas.codec import SUBJECTS_BY_MODEL, Codec
 from schemas.errors import SchemaNotFoundError
 from schemas.events import AlertEvent, Event, InferenceEvent, ReportEvent
-from schemas.registry import RegisteredSchema, Schema, load_avsc
+from schemas.subjects import RegisteredSchema, Schema, load_avsc
 from schemas.validation import EventValidator
 
 TOPICS = {

@@ -12,6 +12,7 @@ import pytest
 
 from schemas.errors import UndecodableError
 from schemas.events import EVENT_MODELS, AlertEvent, Event, InferenceEvent
+from schemas.file_registry import FileSchemaRegistry
 from schemas.files import (
     RejectedInput,
     event_to_json_line,
@@ -23,7 +24,7 @@ from schemas.files import (
     write_jsonl,
 )
 from schemas.records import DeadLetterReason
-from schemas.registry import FileSchemaRegistry, load_avsc
+from schemas.subjects import load_avsc
 from schemas.validation import EventValidator
 
 ORDER = (

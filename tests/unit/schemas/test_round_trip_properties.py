@@ -23,8 +23,8 @@ from schemas.events import (
     ReportEvent,
     ReportStatus,
 )
+from schemas.file_registry import FileSchemaRegistry
 from schemas.files import read_avro, read_jsonl, write_avro, write_jsonl
-from schemas.registry import FileSchemaRegistry
 
 text = st.text(max_size=12)
 maybe_text = st.none() | text

@@ -21,8 +21,10 @@ from schemas.errors import (
 from schemas.records import DeadLetterReason
 
 MODULES = [
-    "schemas.codec", "schemas.corpus", "schemas.errors", "schemas.events", "schemas.files",
-    "schemas.records", "schemas.registry", "schemas.validation", "streams.cli.schemas",
+    "schemas.codec", "schemas.compatibility", "schemas.corpus", "schemas.errors",
+    "schemas.events", "schemas.file_registry", "schemas.files", "schemas.http_registry",
+    "schemas.records", "schemas.registry", "schemas.subjects", "schemas.units",
+    "schemas.validation", "streams.cli.schemas",
 ]  # fmt: skip
 
 

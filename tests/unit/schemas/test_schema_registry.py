@@ -10,20 +10,18 @@ from typing import Any
 
 import pytest
 
+from schemas.compatibility import backward_problems
 from schemas.errors import IncompatibleSchemaError, SchemaError, SchemaNotFoundError
-from schemas.registry import (
-    AVSC_DIR,
+from schemas.file_registry import (
     REGISTRY_DIR,
     FileSchemaRegistry,
-    HttpSchemaRegistry,
-    backward_problems,
     check_repository,
-    load_avsc,
-    open_registry,
     register_changed,
-    registry_from_environ,
     schema_id_of,
 )
+from schemas.http_registry import HttpSchemaRegistry
+from schemas.registry import open_registry, registry_from_environ
+from schemas.subjects import AVSC_DIR, load_avsc
 
 INFERENCE = "imgov.events.v1.InferenceEvent"
 REPORT = "imgov.events.v1.ReportEvent"

@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from schemas.codec import Codec
+from schemas.compatibility import backward_problems
 from schemas.errors import (
     IncompatibleSchemaError,
     RegistryUnavailableError,
@@ -23,7 +24,8 @@ from schemas.errors import (
     SchemaNotFoundError,
 )
 from schemas.events import Event
-from schemas.registry import HttpSchemaRegistry, backward_problems, load_avsc
+from schemas.http_registry import HttpSchemaRegistry
+from schemas.subjects import load_avsc
 from streams.cli.schemas import schemas_app
 
 INFERENCE = "imgov.events.v1.InferenceEvent"

@@ -19,8 +19,9 @@ from schemas.errors import (
     ValidationFailedError,
 )
 from schemas.events import AlertChannel, AlertEvent, Event, InferenceEvent, ReportEvent
+from schemas.file_registry import FileSchemaRegistry
 from schemas.records import DeadLetter, DeadLetterReason, Header, LineageRecord
-from schemas.registry import FileSchemaRegistry, Schema, load_avsc
+from schemas.subjects import Schema, load_avsc
 from tests.unit.schemas._doubles import DownRegistry, MemoryRegistry
 
 INFERENCE = "imgov.events.v1.InferenceEvent"
