@@ -20,6 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from schemas.errors import ImgovError
+from schemas.units import MISSING, format_day, format_percent
 from sinks.query import ChdbBackend
 from streams.replay.demo import (
     DEFAULT_DEMO_DIR,
@@ -30,16 +31,20 @@ from streams.replay.demo import (
     run_demo,
 )
 from streams.report.data import ReportData
+from streams.report.format import format_kpi_value
 from streams.report.page import COMPLIANCE_QUERIES, load_policy_rules, outlier_rates, write_report
 from streams.simulate.config import DriftKind
 
 __all__ = ["build_report_for", "demo_command", "print_summary"]
 
-NA = "\u2013"
-"""Shown for a missing value (an en dash)."""
-
 _out = Console(highlight=False)
 _err = Console(stderr=True)
+
+# Panels of `imgov demo --help`: each is laid out on its own, so a long option name in one
+# does not squeeze the help column of the others at 80 columns.
+_OUTPUT = "Output"
+_CLINIC = "Clinic"
+_DRIFT = "Drift"
 
 
 def build_report_for(
@@ -72,26 +77,6 @@ def build_report_for(
         backend.close()
 
 
-def _pct(value: float | None) -> str:
-    return NA if value is None else f"{value * 100:.1f}%"
-
-
-def _day(ms: int) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(ms / 1000))
-
-
-def _value(kpi: str, value: float | None) -> str:
-    if value is None:
-        return NA
-    if kpi in {"score_psi", "review_candidates"}:
-        return f"{value:.3g}"
-    if kpi in {"time_to_result", "time_to_response"}:
-        return f"{value / 60_000:.1f} min"
-    if kpi.startswith("report_tat"):
-        return f"{value / 3_600_000:.1f} h"
-    return _pct(value)
-
-
 def _scorecard_table(data: ReportData) -> Table:
     table = Table(title="Scorecard per model and site (view model_scorecard)", title_justify="left")
     columns: list[tuple[str, str]] = [
@@ -112,7 +97,7 @@ def _scorecard_table(data: ReportData) -> Table:
         cells = []
         for name, _ in columns:
             value: Any = row.get(name)
-            text = f"{value:,}" if isinstance(value, int) else _pct(value)
+            text = f"{value:,}" if isinstance(value, int) else format_percent(value)
             if (row["algorithm_name"], row["site_id"], name) in flagged:
                 text = f"[bold red]{text}[/]"
             cells.append(text)
@@ -140,7 +125,7 @@ def _breach_tables(data: ReportData) -> list[Any]:
             f"[{colour}]{severity}[/]",
             str(len(items)),
             str(sum(1 for b in items if b.is_open)),
-            ", ".join(where) or NA,
+            ", ".join(where) or MISSING,
         )
     out.append(counts)
     critical = [b for b in data.open_breaches if b["severity"] == "CRITICAL"]
@@ -149,9 +134,9 @@ def _breach_tables(data: ReportData) -> list[Any]:
         for b in critical:
             out.append(
                 f"  [red]●[/] [bold]{b['rule_id']}[/] {b['algorithm_name']} at {b['site_id']}: "
-                f"{b['kpi']} {_value(b['kpi'], b['value'])} vs "
-                f"{_value(b['kpi'], b['threshold'])} ({b['window_size']} window ending "
-                f"{_day(b['window_end_ms'] - 1)})\n    [dim]{b['evidence']}[/]"
+                f"{b['kpi']} {format_kpi_value(b['kpi'], b['value'])} vs "
+                f"{format_kpi_value(b['kpi'], b['threshold'])} ({b['window_size']} window ending "
+                f"{format_day(b['window_end_ms'] - 1)})\n    [dim]{b['evidence']}[/]"
             )
     return out
 
@@ -176,7 +161,9 @@ def _review_lines(data: ReportData) -> list[str]:
 def print_summary(data: ReportData, console: Console = _out) -> None:
     """Prints the scorecard, breaches with evidence and review candidates of ``data``."""
     t = data.totals
-    period = f"{_day(data.period[0])} to {_day(data.period[1] - 1)}" if data.period else NA
+    period = MISSING
+    if data.period:
+        period = f"{format_day(data.period[0])} to {format_day(data.period[1] - 1)}"
     console.print(
         f"[bold]{t.get('studies', 0):,} studies[/], {t.get('events', 0):,} events audited, "
         f"{t.get('lineage_revisions', 0):,} lineage revisions, {t.get('kpi_values', 0):,} "
@@ -201,29 +188,53 @@ def _queries(chdb: Path, data: ReportData) -> list[str]:
 
 def demo_command(
     directory: Annotated[
-        Path, typer.Option("--dir", help="Demo directory (emptied first).", file_okay=False)
+        Path,
+        typer.Option(
+            "--dir",
+            help="Demo directory (emptied first).",
+            file_okay=False,
+            rich_help_panel=_OUTPUT,
+        ),
     ] = DEFAULT_DEMO_DIR,
-    report: Annotated[Path, typer.Option(help="Where to write the HTML report.")] = DEFAULT_REPORT,
-    days: Annotated[int, typer.Option(min=1, help="Days to simulate.")] = 90,
-    sites: Annotated[int, typer.Option(min=1, help="Number of sites.")] = 3,
+    report: Annotated[
+        Path, typer.Option(help="Where to write the HTML report.", rich_help_panel=_OUTPUT)
+    ] = DEFAULT_REPORT,
+    progress: Annotated[bool, typer.Option(help="Show progress.", rich_help_panel=_OUTPUT)] = True,
+    days: Annotated[
+        int, typer.Option(min=1, help="Days to simulate.", rich_help_panel=_CLINIC)
+    ] = 90,
+    sites: Annotated[
+        int, typer.Option(min=1, help="Number of sites.", rich_help_panel=_CLINIC)
+    ] = 3,
     studies_per_day: Annotated[
-        float, typer.Option(min=1, help="Mean studies per site and day.")
+        float,
+        typer.Option(min=1, help="Mean studies per site and day.", rich_help_panel=_CLINIC),
     ] = 60.0,
-    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 7,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed.", rich_help_panel=_CLINIC)] = 7,
     drift_site: Annotated[
-        str, typer.Option(help="Site whose ICH detector drifts ('none': no drift).")
+        str,
+        typer.Option(
+            help="Site whose ICH detector drifts ('none': no drift).", rich_help_panel=_DRIFT
+        ),
     ] = "site-02",
-    drift_day: Annotated[int, typer.Option(min=0, help="First drifted day (0-based).")] = 60,
-    drift_kind: Annotated[DriftKind, typer.Option(help="How it drifts.")] = (
-        DriftKind.SPECIFICITY_DROP
-    ),
+    drift_day: Annotated[
+        int, typer.Option(min=0, help="First drifted day (0-based).", rich_help_panel=_DRIFT)
+    ] = 60,
+    drift_kind: Annotated[
+        DriftKind,
+        typer.Option(
+            metavar="<kind>",
+            help=f"How it drifts: {' or '.join(k.value for k in DriftKind)}.",
+            rich_help_panel=_DRIFT,
+        ),
+    ] = DriftKind.SPECIFICITY_DROP,
     drift_magnitude: Annotated[
-        float, typer.Option(help="Specificity lost, or score points added.")
+        float,
+        typer.Option(help="Specificity lost, or score points added.", rich_help_panel=_DRIFT),
     ] = 0.15,
     config: Annotated[
         Path | None, typer.Option(exists=True, dir_okay=False, help="Governance settings (TOML).")
     ] = None,
-    progress: Annotated[bool, typer.Option(help="Show progress.")] = True,
 ) -> None:
     """Run the whole pipeline embedded: simulate, replay into chDB, report.
 

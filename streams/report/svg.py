@@ -13,12 +13,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from html import escape
 
-__all__ = ["Band", "HLine", "Marker", "Series", "Zone", "line_chart", "nice_ticks"]
+from schemas.units import DAY_MS, utc
 
-DAY_MS = 86_400_000
+__all__ = ["Band", "HLine", "Marker", "Series", "Zone", "line_chart", "nice_ticks"]
 
 Point = tuple[int, float | None]
 
@@ -115,7 +114,7 @@ def _fmt_tick(value: float, percent: bool) -> str:
 
 
 def _day_label(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%d %b")
+    return utc(ms).strftime("%d %b")
 
 
 def line_chart(
