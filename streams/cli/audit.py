@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -29,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from schemas.records import LineageRecord
+from schemas.units import MISSING, utc
 from sinks.clickhouse.rows import LINEAGE_COLUMNS, lineage_from_row
 from sinks.query import QueryBackend
 from streams.cli.options import ChdbOption, DatabaseOption, open_backend
@@ -40,9 +40,6 @@ from streams.core.lineage.hashchain import (
 )
 
 __all__ = ["audit_app", "read_lineage_history", "verify_backend"]
-
-NA = "\u2013"
-"""Shown for a missing value (an en dash)."""
 
 audit_app = typer.Typer(
     help="The audit trail: a study's lineage with its events, and hash-chain verification.",
@@ -57,9 +54,9 @@ _ROWS_PER_READ = 200_000
 
 
 def _when(ms: int | None) -> str:
-    if ms is None:
-        return NA
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+    # To the second, unlike schemas.units.format_minute: events of one study often share a
+    # minute, and the trail lists them in time order.
+    return MISSING if ms is None else utc(ms).strftime("%Y-%m-%d %H:%M:%S")
 
 
 @audit_app.command("study")

@@ -101,9 +101,11 @@ def drop_before_command(
     database: DatabaseOption = None,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
-    """Retention: drop the audit data of every month before MONTH (ClickHouse has no TTL
-    here). Lineage revisions are partitioned by update time: keep the lineage retention
-    plus a month beyond what `imgov audit verify` must check."""
+    """Retention: drop the audit data of every month before MONTH.
+
+    ClickHouse has no TTL here. Lineage revisions are partitioned by update time: keep the
+    lineage retention plus a month beyond what `imgov audit verify` must check.
+    """
     with open_backend(chdb, database, create=False) as backend:
         if not yes:
             typer.confirm(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -19,14 +18,19 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from schemas.units import (
+    DAY_MS,
+    MISSING,
+    format_day,
+    format_duration,
+    format_minute,
+    format_percent,
+)
 from streams.cli.options import ChdbOption, DatabaseOption, open_backend
 from streams.core.kpi.catalogue import KPI_BY_NAME, KpiKind
 from streams.core.kpi.windows import WINDOW_SPEC_BY_NAME
 
 __all__ = ["kpi_app", "kpi_query"]
-
-NA = "\u2013"
-"""Shown for a missing value (an en dash)."""
 
 kpi_app = typer.Typer(help="KPI values: final windows and their revisions.", no_args_is_help=True)
 
@@ -100,14 +104,13 @@ def kpi_query(
 
 
 def _when(ms: int) -> str:
-    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return moment.strftime("%Y-%m-%d" if ms % 86_400_000 == 0 else "%Y-%m-%d %H:%M")
+    return format_day(ms) if ms % DAY_MS == 0 else format_minute(ms)
 
 
 def _window(row: dict[str, Any]) -> str:
     # A day or an hour is named by its start; longer windows show both ends, [start, end).
     start, end = row["window_start_ms"], row["window_end_ms"]
-    if end - start <= 86_400_000:
+    if end - start <= DAY_MS:
         return _when(start)
     return f"{_when(start)} → {_when(end)}"
 
@@ -116,25 +119,15 @@ def _value(row: dict[str, Any]) -> str:
     spec = KPI_BY_NAME.get(row["kpi"])
     value = row["value"]
     if value is None:
-        return NA
+        return MISSING
     if spec is not None and spec.kind is KpiKind.DURATION:
-        return f"p50 {_duration(row['p50'])}, p90 {_duration(row['p90'])}"
+        return f"p50 {format_duration(row['p50'])}, p90 {format_duration(row['p90'])}"
     if spec is not None and spec.kind is KpiKind.PROPORTION and spec.scale == 1.0:
         ci = ""
         if row["ci_low"] is not None and row["ci_high"] is not None:
             ci = f" [{row['ci_low'] * 100:.1f}-{row['ci_high'] * 100:.1f}]"
-        return f"{value * 100:.1f}%{ci}"
+        return f"{format_percent(value)}{ci}"
     return f"{value:.4g}"
-
-
-def _duration(ms: float | None) -> str:
-    if ms is None:
-        return NA
-    if ms >= 3_600_000:
-        return f"{ms / 3_600_000:.1f} h"
-    if ms >= 60_000:
-        return f"{ms / 60_000:.1f} min"
-    return f"{ms / 1000:.0f} s"
 
 
 def _count(value: float | None) -> str:

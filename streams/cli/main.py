@@ -20,6 +20,11 @@ app = typer.Typer(
     help="Governance pipeline for AI in medical imaging: lineage, KPIs, breaches, audit.",
     no_args_is_help=True,
     add_completion=False,
+    # Every help text below is read as Markdown, so the paragraphs of a docstring are
+    # reflowed to the terminal's width. In typer's default "rich" mode each line break of
+    # a docstring stays in the output, cutting sentences wherever the source wrapped.
+    # The root's mode applies to every command and group mounted under it.
+    rich_markup_mode="markdown",
 )
 app.add_typer(topics_app, name="topics")
 app.add_typer(schemas_app, name="schemas")

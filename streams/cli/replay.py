@@ -65,7 +65,10 @@ def replay_command(
         typer.Argument(exists=True, dir_okay=False, help="JSON Lines or Avro files."),
     ],
     out: Annotated[
-        Path | None, typer.Option("--out", help="Write lineage/kpi/breach/review/dlq .jsonl here.")
+        Path | None,
+        typer.Option(
+            "--out", help="Write lineage, kpi, breach, review and dlq .jsonl files to this folder."
+        ),
     ] = None,
     chdb: Annotated[
         Path | None, typer.Option("--chdb", help="Write the audit tables to this chDB directory.")
@@ -92,12 +95,12 @@ def replay_command(
 ) -> None:
     """Replay event files through the governance core and write every output.
 
-    Reads every file at once, merged by event time (each file in its own order: one
-    file per source system or per partition gives the same results as one merged
-    file), joins lineage, computes KPI windows and breaches, and at the end of input
-    closes every window as final. Invalid inputs become dead letters; the replay never
-    stops on bad input. Contributions too late for a closed window are counted in the
-    summary and written as LATE_AFTER_WINDOW_CLOSED dead letters.
+    Reads every file at once, merged by event time; each file is read in its own order,
+    so one file per source system or per partition gives the same results as one merged
+    file. Joins lineage, computes KPI windows and breaches, and at the end of input closes
+    every window as final. Invalid inputs become dead letters: the replay never stops on
+    bad input. Contributions too late for a closed window are counted in the summary and
+    written as LATE_AFTER_WINDOW_CLOSED dead letters.
     """
     try:
         settings = load_settings(config, demo=demo)

@@ -13,16 +13,15 @@ from pathlib import Path
 import typer
 
 from schemas.errors import IncompatibleSchemaError, SchemaError
-from schemas.registry import (
-    AVSC_DIR,
+from schemas.file_registry import (
     REGISTRY_DIR,
-    REGISTRY_URL_ENV,
     FileSchemaRegistry,
-    HttpSchemaRegistry,
     check_repository,
-    load_avsc,
     register_changed,
 )
+from schemas.http_registry import HttpSchemaRegistry
+from schemas.registry import REGISTRY_URL_ENV
+from schemas.subjects import AVSC_DIR, load_avsc
 
 __all__ = ["schemas_app"]
 

@@ -25,7 +25,8 @@ from rich.table import Table
 from schemas.codec import Codec
 from schemas.events import AlertChannel, Event, EventType
 from schemas.registry import registry_from_environ
-from streams.simulate.config import DAY_MS, DriftKind, SimulationConfig
+from schemas.units import DAY_MS
+from streams.simulate.config import DriftKind, SimulationConfig
 from streams.simulate.output import OUTPUT_SUFFIXES, write_events, write_truth
 from streams.simulate.overrides import ConfigError, Overrides, build_config, parse_assignments
 from streams.simulate.producer import Encoder, ProduceError, produce_to_kafka
@@ -128,7 +129,13 @@ def simulate(
         int | None, _option("First drifted day (0-based).", _SCENARIOS, min=0)
     ] = None,
     drift_kind: Annotated[
-        DriftKind | None, _option("How it drifts.", _SCENARIOS, default="specificity_drop")
+        DriftKind | None,
+        _option(
+            f"How it drifts: {' or '.join(k.value for k in DriftKind)}.",
+            _SCENARIOS,
+            default="specificity_drop",
+            metavar="<kind>",
+        ),
     ] = None,
     drift_magnitude: Annotated[
         float | None,
@@ -153,7 +160,12 @@ def simulate(
     ] = None,
     unanswered_channel: Annotated[
         list[AlertChannel] | None,
-        _option("Alerts on this channel are never answered (they expire); repeatable.", _SCENARIOS),
+        _option(
+            "Alerts on this channel are never answered (they expire); repeatable. Channels: "
+            f"{', '.join(c.value for c in AlertChannel)}.",
+            _SCENARIOS,
+            metavar="<channel>",
+        ),
     ] = None,
     quiet: Annotated[bool, _option("No summary, no progress bar.", None, "--quiet", "-q")] = False,
 ) -> None:

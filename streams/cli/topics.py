@@ -75,12 +75,17 @@ def create(
             show_default=False,
         ),
     ] = None,
-    timeout_ms: Annotated[int, typer.Option(min=1000)] = 30_000,
+    timeout_ms: Annotated[
+        int,
+        typer.Option(
+            min=1000, help="Broker-side creation timeout and the wait for leaders, in ms."
+        ),
+    ] = 30_000,
 ) -> None:
     """Create the topics that do not exist yet (safe to run again).
 
-    Exit status: 0 done; 1 the file is invalid or the broker refused a topic;
-    2 an existing topic has another partition count than the file.
+    Exits with 0 when done, 1 when the file is invalid or the broker refused a topic, and 2
+    when an existing topic has a different partition count from the file's.
     """
     console = Console()
     address = bootstrap or KafkaSettings().bootstrap

@@ -17,7 +17,7 @@ def worker_command(
         Path | None,
         typer.Option(
             "--config",
-            help="TOML settings file (\\[worker] table plus the governance settings); "
+            help="TOML settings file ([worker] table plus the governance settings); "
             "IMGOV_* environment variables are read first.",
             exists=True,
             dir_okay=False,
