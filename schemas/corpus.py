@@ -38,11 +38,11 @@ from schemas.events import (
 )
 from schemas.files import DEFAULT_MAX_LINE_BYTES, event_to_json_line
 from schemas.records import Completeness, DeadLetterReason, LineageRecord, Outcome
-from schemas.registry import load_avsc
+from schemas.subjects import load_avsc
+from schemas.units import DAY_MS, MINUTE_MS
 
 __all__ = ["CorpusItem", "bad_input_corpus", "bad_jsonl_lines", "sample_events"]
 
-_DAY_MS = 86_400_000
 _ALGORITHMS = (("ich-detect", "2.3.1", "ICH", "HEAD"), ("pe-detect", "1.4.0", "PE", "CHEST"))
 
 
@@ -77,9 +77,7 @@ def sample_events(count: int, *, seed: int = 0, end_ms: int = 1_760_000_000_000)
     study = 0
     while len(events) < count:
         study += 1
-        events.extend(
-            _study_events(rng, study, end_ms - 30 * _DAY_MS + rng.randrange(29 * _DAY_MS))
-        )
+        events.extend(_study_events(rng, study, end_ms - 30 * DAY_MS + rng.randrange(29 * DAY_MS)))
     return events[:count]
 
 
@@ -164,7 +162,7 @@ def _study_events(rng: random.Random, study: int, t0: int) -> list[Event]:
                 status=status,
                 hl7_result_status="P" if step == 0 else "F",
                 interpreter_id=f"RAD{rng.randrange(100):03d}",
-                exam_completed_at_ms=t0 - 60_000,
+                exam_completed_at_ms=t0 - MINUTE_MS,
                 findings=(finding,),
             )
         )
@@ -248,7 +246,7 @@ def _invalid_values(
     now_ms: int,
     rng: random.Random,
 ) -> list[tuple[str, Event, str]]:
-    far_future = now_ms + rng.randrange(2, 400) * _DAY_MS
+    far_future = now_ms + rng.randrange(2, 400) * DAY_MS
     bad_finding = Finding(finding_code=" ", label=Label.ABSENT, label_method=LabelMethod.NLP)
     cases: list[tuple[str, Event, dict[str, Any], str]] = [
         ("score above 1", inference, {"score": 1.7}, "score"),

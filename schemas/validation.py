@@ -31,13 +31,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from schemas.errors import ValidationFailedError
 from schemas.events import AlertEvent, Event, InferenceEvent, ReportEvent
+from schemas.units import MINUTE_MS, format_duration, utc
 
 __all__ = [
     "DEFAULT_MAX_CLOCK_SKEW_MS",
@@ -54,7 +54,7 @@ Clock = Callable[[], int]
 MIN_TIMESTAMP_MS = 946_684_800_000
 """2000-01-01T00:00:00Z: no imaging AI event predates it; smaller values are bugs."""
 
-DEFAULT_MAX_CLOCK_SKEW_MS = 15 * 60 * 1000
+DEFAULT_MAX_CLOCK_SKEW_MS = 15 * MINUTE_MS
 """How far ahead of the clock a timestamp may be (see the module docstring)."""
 
 IDENTIFIER_FIELDS = frozenset({"patient_id", "accession_number", "recipient_id", "interpreter_id"})
@@ -180,11 +180,11 @@ class EventValidator:
         if ms < self._min_ms:
             hint = " (looks like epoch seconds, not milliseconds)" if ms > 946_684_800 else ""
             return f"{shown} is before {_iso(self._min_ms)}{hint}"
-        ahead = _duration(ms - upper_ms + self._max_skew_ms)
+        ahead = format_duration(ms - upper_ms + self._max_skew_ms)
         hint = " (looks like epoch microseconds, not milliseconds)" if ms > 10**14 else ""
         return (
             f"{shown} is {ahead} ahead of the clock, more than the allowed skew of "
-            f"{_duration(self._max_skew_ms)}: check the producer's clock and time zone{hint}"
+            f"{format_duration(self._max_skew_ms)}: check the producer's clock and time zone{hint}"
         )
 
 
@@ -192,17 +192,10 @@ def _is_blank(value: str | None) -> bool:
     return value is not None and (not value or value.isspace())
 
 
-def _duration(ms: int) -> str:
-    if ms < 2 * 3_600_000:
-        return f"{ms / 60_000:.1f} min"
-    if ms < 2 * 86_400_000:
-        return f"{ms / 3_600_000:.1f} h"
-    return f"{ms / 86_400_000:,.1f} days"
-
-
 def _iso(ms: int) -> str:
+    # To the millisecond, unlike units.format_utc: a bound missed by 1 ms must show it.
     try:
-        moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
+        moment = utc(ms)
     except (OverflowError, OSError, ValueError):
         return "out of range"
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"

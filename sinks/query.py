@@ -7,8 +7,10 @@ migration runner and ``imgov audit verify`` talk through; the two implementation
 
 Parameters use the pyformat style of clickhouse-driver (``WHERE site_id = %(site)s``)
 on both backends, substituted on the client side (ClickHouse 18.16 has no server-side
-query parameters). Rows are never inlined as ``INSERT ... VALUES (...)`` text: against
-18.16 that hangs clickhouse-driver; :meth:`QueryBackend.insert` passes them as data.
+query parameters) by clickhouse-driver's own escaping: the driver does it for the server,
+:func:`substitute_params` calls the same code for chDB. Rows are never inlined as
+``INSERT ... VALUES (...)`` text: against 18.16 that hangs clickhouse-driver;
+:meth:`QueryBackend.insert` passes them as data.
 
 Exceptions::
 
@@ -25,19 +27,22 @@ to the first is closed), and one data directory may be open in ONE process at a 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
-from datetime import date, datetime
+from datetime import date, datetime, time
+from enum import Enum
+from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
+from typing import Any, Protocol, TypeAlias, runtime_checkable
+from uuid import UUID
 
 from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
+from clickhouse_driver.connection import ServerInfo
+from clickhouse_driver.context import Context
+from clickhouse_driver.util.escape import escape_params
 
 from schemas.errors import ImgovError
-
-if TYPE_CHECKING:
-    from sinks.clickhouse.settings import ClickHouseSettings
+from sinks.clickhouse.settings import ClickHouseSettings
 
 __all__ = [
     "BackendUnavailableError",
@@ -97,36 +102,68 @@ def translate_driver_error(exc: BaseException, what: str) -> QueryError:
     return cls(f"{what}: {text[:1000]}", code=code if isinstance(code, int) else None)
 
 
-def _escape(value: object) -> str:
-    if value is None:
-        return "NULL"
+# What clickhouse-driver's escape_param turns into a literal; it formats anything else
+# with str(), which for bytes (b'...') or an arbitrary object is valid-looking wrong SQL.
+_PARAM_TYPES = (str, int, float, date, time, UUID)  # a datetime is a date
+
+
+def _driver_value(value: object) -> object:
     if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, datetime | date):
-        return _escape(
-            value.isoformat(sep=" ") if isinstance(value, datetime) else value.isoformat()
-        )
+        # 1/0, not the driver's True/False: servers before 21.12 have no Bool literals.
+        return int(value)
+    if value is None or isinstance(value, _PARAM_TYPES):
+        return value
+    if isinstance(value, Enum):
+        return _driver_value(value.value)
     if isinstance(value, list | tuple):
-        return "[" + ", ".join(_escape(item) for item in value) + "]"
-    if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace("'", "\\'")
-        return f"'{escaped}'"
+        return type(value)(_driver_value(item) for item in value)
     raise TypeError(f"cannot pass a {type(value).__name__} as a query parameter")
 
 
-def substitute_params(sql: str, params: Mapping[str, object] | None) -> str:
-    """Returns ``sql`` with ``%(name)s`` placeholders replaced by quoted literals."""
+def _driver_params(params: Mapping[str, object]) -> dict[str, object]:
+    """Returns ``params`` ready for clickhouse-driver's escaping.
+
+    Raises:
+        TypeError: a value (bytes, a dict, a set, ...) has no SQL literal.
+    """
+    return {name: _driver_value(value) for name, value in params.items()}
+
+
+@lru_cache(maxsize=4)
+def _escape_context(timezone: str) -> Context:
+    # escape_param reads one thing of a connection: the server's time zone, into which it
+    # converts aware datetimes. chDB has no handshake to report it; the caller supplies it.
+    context = Context()
+    context.server_info = ServerInfo(
+        name="chDB",
+        version_major=0,
+        version_minor=0,
+        version_patch=0,
+        revision=0,
+        timezone=timezone,
+        display_name="chDB",
+        used_revision=0,
+    )
+    return context
+
+
+def substitute_params(
+    sql: str, params: Mapping[str, object] | None, *, timezone: str = "UTC"
+) -> str:
+    """Returns ``sql`` with ``%(name)s`` placeholders replaced by SQL literals.
+
+    The literals are clickhouse-driver's (``escape_params``), as the driver writes them
+    for a server whose time zone is ``timezone``: strings quoted with backslash escapes,
+    lists as ``[...]``, tuples as ``(...)``, aware datetimes converted to ``timezone``
+    to the second. Without params, ``sql`` is returned unchanged (``%%`` included),
+    as the driver does.
+
+    Raises:
+        TypeError: a value (bytes, a dict, a set, ...) has no SQL literal.
+    """
     if not params:
         return sql
-    return sql % {name: _escape(value) for name, value in params.items()}
+    return sql % escape_params(_driver_params(params), _escape_context(timezone))
 
 
 @runtime_checkable
@@ -226,10 +263,9 @@ class ClickHouseBackend:
         return self._client
 
     def execute(self, sql: str, params: Mapping[str, object] | None = None) -> QueryResult:
+        values = _driver_params(params) if params else None
         try:
-            result = self._client.execute(
-                sql, dict(params) if params else None, with_column_types=True
-            )
+            result = self._client.execute(sql, values, with_column_types=True)
         except Exception as exc:
             raise translate_driver_error(exc, f"query failed on {self._where()}") from exc
         rows, column_types = result if isinstance(result, tuple) else (result, [])
@@ -284,6 +320,8 @@ class ChdbBackend:
             self._run(f"USE {_identifier(database)}")
             # 64-bit integers as JSON numbers, so results need no per-type conversion.
             self._run("SET output_format_json_quote_64bit_integers = 0")
+            # What a server reports in its handshake, for datetime parameters.
+            self._timezone = self._run("SELECT timezone()", "TabSeparated").decode().strip()
         except Exception:
             self.close()
             raise
@@ -306,7 +344,7 @@ class ChdbBackend:
         return bytes(result.bytes()) if result is not None else b""
 
     def execute(self, sql: str, params: Mapping[str, object] | None = None) -> QueryResult:
-        raw = self._run(substitute_params(sql, params))
+        raw = self._run(substitute_params(sql, params, timezone=self._timezone))
         if not raw.strip():
             return [], []
         doc = json.loads(raw.decode("utf-8", errors="replace"), parse_int=_parse_int)

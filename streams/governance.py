@@ -36,7 +36,7 @@ from __future__ import annotations
 import binascii
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -44,10 +44,11 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.errors import ImgovError
+from schemas.units import DAY_MS, MINUTE_MS
 from schemas.validation import EventValidator
 from streams.core.kpi.breach import BreachEvaluator, BreachPolicy
 from streams.core.kpi.config import KpiConfig
-from streams.core.lineage.config import DAY_MS, AlgorithmEligibility, LineageConfig
+from streams.core.lineage.config import AlgorithmEligibility, LineageConfig
 from streams.core.lineage.pseudonym import Pseudonymiser
 from streams.core.pipeline import GovernanceProcessor
 from streams.paths import REPO_ROOT
@@ -62,6 +63,7 @@ __all__ = [
     "build_pseudonymiser",
     "build_validator",
     "load_settings",
+    "settings_from_mapping",
     "wall_clock_ms",
 ]
 
@@ -95,7 +97,7 @@ class GovernanceSettings(BaseSettings):
     eligibility: tuple[AlgorithmEligibility, ...] = DEFAULT_ELIGIBILITY
     breach_policy: Path = DEFAULT_POLICY
     kpi: KpiConfig = KpiConfig()
-    max_clock_skew_ms: int = Field(15 * 60_000, ge=0)
+    max_clock_skew_ms: int = Field(15 * MINUTE_MS, ge=0)
 
 
 class _FileSettings(BaseModel):
@@ -113,28 +115,54 @@ class _FileSettings(BaseModel):
 def load_settings(config_file: Path | None = None, *, demo: bool = False) -> GovernanceSettings:
     """Returns settings from the environment, overridden by ``config_file`` if given.
 
+    Relative paths in the file resolve against the file's folder.
+
     Raises:
         ConfigurationError: the file is unreadable or holds an unknown or invalid key.
     """
+    if config_file is None:
+        return settings_from_mapping({}, Path(), source="environment", demo=demo)
+    try:
+        with config_file.open("rb") as handle:
+            raw = tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigurationError(f"invalid settings ({config_file}): {exc}") from exc
+    return settings_from_mapping(raw, config_file.parent, source=config_file, demo=demo)
+
+
+def settings_from_mapping(
+    raw: Mapping[str, Any], base_dir: Path, *, source: Path | str, demo: bool = False
+) -> GovernanceSettings:
+    """Returns settings from the environment, overridden by the keys of a parsed file.
+
+    Called by :func:`load_settings`, and by the worker, whose file also holds a
+    ``[worker]`` table that it removes first.
+
+    Args:
+        raw: the governance keys and tables of a TOML file, as ``tomllib`` parsed them.
+        base_dir: the folder that relative ``pseudonym_key_file`` and ``breach_policy``
+            paths resolve against: the file's.
+        source: names the file (or ``"environment"``) in error messages.
+        demo: run with the public demo key when no key is configured.
+
+    Raises:
+        ConfigurationError: an unknown or invalid key, or an invalid ``IMGOV_*`` variable.
+    """
     try:
         settings = GovernanceSettings()
-        if config_file is not None:
-            with config_file.open("rb") as handle:
-                raw = _FileSettings.model_validate(tomllib.load(handle))
-            update = raw.model_dump(exclude_none=True)
+        if raw:
+            parsed = _FileSettings.model_validate(raw)
+            update = parsed.model_dump(exclude_none=True)
             if "kpi" in update:
                 update["kpi"] = KpiConfig.model_validate(update["kpi"])
             if "eligibility" in update:
-                update["eligibility"] = tuple(raw.eligibility or ())
-            base = config_file.parent
+                update["eligibility"] = tuple(parsed.eligibility or ())
             for name in ("pseudonym_key_file", "breach_policy"):
                 if name in update and not Path(update[name]).is_absolute():
-                    update[name] = base / update[name]
+                    update[name] = base_dir / update[name]
             settings = settings.model_copy(update=update)
-    except (OSError, tomllib.TOMLDecodeError, ValidationError) as exc:
-        raise ConfigurationError(
-            f"invalid settings ({config_file or 'environment'}): {exc}"
-        ) from exc
+    except ValidationError as exc:
+        raise ConfigurationError(f"invalid settings ({source}): {exc}") from exc
     if demo:
         settings = settings.model_copy(update={"demo": True})
     return settings

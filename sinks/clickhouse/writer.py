@@ -26,16 +26,14 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from schemas.events import Event
 from sinks.base import Output, SinkBackpressureError, SinkError
 from sinks.clickhouse.buffer import EventCleaner, RowBuffer
 from sinks.clickhouse.rows import TABLE_COLUMNS, EventSource
+from sinks.clickhouse.settings import ClickHouseSettings
 from sinks.query import BackendUnavailableError, ClickHouseBackend, QueryBackend, QueryError
-
-if TYPE_CHECKING:
-    from sinks.clickhouse.settings import ClickHouseSettings
 
 __all__ = ["ClickHouseSink"]
 

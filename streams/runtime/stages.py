@@ -64,11 +64,11 @@ from schemas.records import (
     LineageRecord,
     ReviewCandidate,
 )
+from schemas.units import HOUR_MS
 from sinks.clickhouse.rows import EventSource
 from streams.core.kpi.aggregator import KpiAggregator
 from streams.core.kpi.breach import BreachEvaluator
 from streams.core.kpi.step import KpiStep
-from streams.core.kpi.windows import HOUR_MS
 from streams.core.lineage.config import LineageConfig
 from streams.core.lineage.join import LineageJoiner
 from streams.core.lineage.pseudonym import Pseudonymiser

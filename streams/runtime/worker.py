@@ -10,14 +10,19 @@ event loop until the process stops.
 from __future__ import annotations
 
 import logging
-import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from schemas.errors import ImgovError
+from schemas.units import DAY_MS
 from sinks.clickhouse.settings import ClickHouseSettings
-from streams.governance import GovernanceSettings, lineage_config, load_settings
+from streams.governance import (
+    GovernanceSettings,
+    lineage_config,
+    load_settings,
+    settings_from_mapping,
+)
 from streams.runtime.settings import (
     KafkaSettings,
     WorkerConfigError,
@@ -73,41 +78,8 @@ def _governance_settings(config_file: Path | None, demo: bool) -> GovernanceSett
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise WorkerConfigError(f"cannot read {config_file}: {exc}") from exc
     raw.pop("worker", None)
-    if not raw:
-        return load_settings(demo=demo)
-    # load_settings resolves relative paths against the file's folder: stay in it.
-    with tempfile.NamedTemporaryFile(
-        "wb", suffix=".toml", dir=config_file.parent, delete=False
-    ) as handle:
-        handle.write(tomli_w_dumps(raw))
-    try:
-        return load_settings(Path(handle.name), demo=demo)
-    finally:
-        Path(handle.name).unlink(missing_ok=True)
-
-
-def tomli_w_dumps(data: dict[str, object]) -> bytes:
-    """A minimal TOML writer for the governance keys (scalars, tables, arrays of tables)."""
-    import json
-
-    lines: list[str] = []
-    tables: list[tuple[str, dict[str, object]]] = []
-    arrays: list[tuple[str, list[dict[str, object]]]] = []
-    for key, value in data.items():
-        if isinstance(value, dict):
-            tables.append((key, value))
-        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            arrays.append((key, value))
-        else:
-            lines.append(f"{key} = {json.dumps(value)}")
-    for key, table in tables:
-        lines.append(f"[{key}]")
-        lines.extend(f"{k} = {json.dumps(v)}" for k, v in table.items())
-    for key, items in arrays:
-        for item in items:
-            lines.append(f"[[{key}]]")
-            lines.extend(f"{k} = {json.dumps(v)}" for k, v in item.items())
-    return ("\n".join(lines) + "\n").encode()
+    # Relative paths in the file resolve against its folder, as load_settings does.
+    return settings_from_mapping(raw, config_file.parent, source=config_file, demo=demo)
 
 
 def ensure_worker_topics(plan: WorkerPlan) -> None:
@@ -131,7 +103,7 @@ def ensure_worker_topics(plan: WorkerPlan) -> None:
             role=TopicRole.OUTPUT,
             partitions=plan.worker.partitions,
             replication_factor=1,
-            config={"cleanup.policy": "delete", "retention.ms": str(7 * 86_400_000)},
+            config={"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)},
         )
     )
     results = create_topics(plan.kafka.bootstrap, specs)

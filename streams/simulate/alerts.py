@@ -12,12 +12,12 @@ import random
 from dataclasses import dataclass
 
 from schemas.events import AlertChannel, AlertEvent, AlertState, InferenceEvent, Priority
+from schemas.units import MINUTE_MS
 from streams.simulate.config import AlgorithmConfig, ChannelConfig, LogNormal
 from streams.simulate.sampling import WeightedChoice, lognormal_ms, uuid4_from
 
 __all__ = ["AlertLifecycle", "simulate_alert"]
 
-_MINUTE_MS = 60_000
 _RAISE_SECONDS = LogNormal(median=1.0, sigma=0.5, maximum=60.0)
 _DELIVERY_SECONDS = LogNormal(median=3.0, sigma=0.8, maximum=300.0)
 _DECISION_SECONDS = LogNormal(median=45.0, sigma=0.9, maximum=1_800.0)
@@ -58,9 +58,9 @@ def simulate_alert(
     completed = inference.completed_at_ms or inference.occurred_at_ms
     raised = completed + lognormal_ms(rng, _RAISE_SECONDS, 1_000)
     delivered = raised + lognormal_ms(rng, _DELIVERY_SECONDS, 1_000)
-    escalate_at = raised + int(algorithm.escalate_after_minutes * _MINUTE_MS)
-    expire_at = raised + int(algorithm.expire_after_minutes * _MINUTE_MS)
-    response_at = delivered + lognormal_ms(rng, channel_config.response_minutes, _MINUTE_MS)
+    escalate_at = raised + int(algorithm.escalate_after_minutes * MINUTE_MS)
+    expire_at = raised + int(algorithm.expire_after_minutes * MINUTE_MS)
+    response_at = delivered + lognormal_ms(rng, channel_config.response_minutes, MINUTE_MS)
     unanswered = (
         channel in unanswered_channels
         or rng.random() < channel_config.no_response_rate

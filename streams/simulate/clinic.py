@@ -14,7 +14,6 @@ import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from schemas.events import (
     AlertChannel,
@@ -25,9 +24,9 @@ from schemas.events import (
     InferenceStatus,
     Label,
 )
+from schemas.units import DAY_MS, HOUR_MS, utc
 from streams.simulate.alerts import simulate_alert
 from streams.simulate.config import (
-    DAY_MS,
     AlgorithmConfig,
     ChannelConfig,
     SimulationConfig,
@@ -57,7 +56,6 @@ _HOURLY_VOLUME = (
     1.3, 1.3, 1.3, 1.3, 1.3, 1.25, 1.2, 1.1, 1.0, 0.9, 0.8, 0.65,
 )  # fmt: skip
 _HOURS = WeightedChoice(range(24), _HOURLY_VOLUME)
-_HOUR_MS = 3_600_000
 _FAILURE_REASONS = WeightedChoice(
     ("SERIES_NOT_FOUND", "UNSUPPORTED_SLICE_THICKNESS", "MODEL_ERROR", "DICOM_PARSE_ERROR"),
     (0.35, 0.3, 0.2, 0.15),
@@ -138,10 +136,10 @@ class ClinicSimulator:
         count = max(0, round(rng.gauss(mean, math.sqrt(mean)))) if mean > 0 else 0
         day_start = config.start_ms + day * DAY_MS
         times = sorted(
-            day_start + _HOURS.draw(rng) * _HOUR_MS + rng.randrange(_HOUR_MS) for _ in range(count)
+            day_start + _HOURS.draw(rng) * HOUR_MS + rng.randrange(HOUR_MS) for _ in range(count)
         )
         conditions = conditions_for(config, site, day)
-        date = datetime.fromtimestamp(day_start / 1000, tz=UTC).strftime("%Y%m%d")
+        date = utc(day_start).strftime("%Y%m%d")
         for number, completed_at in enumerate(times, start=1):
             yield self._study(site, day, number, completed_at, date, conditions)
 

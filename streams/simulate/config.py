@@ -38,7 +38,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from schemas.events import AlertChannel
 
 __all__ = [
-    "DAY_MS",
     "DEFAULT_START_MS",
     "AlgorithmConfig",
     "BetaShape",
@@ -57,7 +56,6 @@ __all__ = [
 DEFAULT_START_MS = 1_767_225_600_000
 """2026-01-01T00:00:00Z: a fixed start so that a run never depends on the clock."""
 
-DAY_MS = 86_400_000
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Positive = Annotated[float, Field(gt=0.0)]

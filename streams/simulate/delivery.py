@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from schemas.events import Event, EventType
+from schemas.units import HOUR_MS
 from streams.simulate.clinic import SimulatedStudy
 from streams.simulate.config import SimulationConfig
 from streams.simulate.sampling import STREAM_DELIVERY, lognormal_ms, substream
@@ -29,8 +30,6 @@ __all__ = [
     "order_deliveries",
     "plan_deliveries",
 ]
-
-_HOUR_MS = 3_600_000
 
 
 class Delivery(NamedTuple):
@@ -84,7 +83,7 @@ def plan_deliveries(
             continue
         late = rng.random() < knobs.late_rate
         if late:
-            delay = lognormal_ms(rng, knobs.late_hours, _HOUR_MS)
+            delay = lognormal_ms(rng, knobs.late_hours, HOUR_MS)
             stats.late += 1
         else:
             delay = lognormal_ms(rng, knobs.jitter_seconds, 1_000)

@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from schemas.events import Finding, Label, LabelMethod, ReportEvent, ReportStatus
+from schemas.units import HOUR_MS, MINUTE_MS
 from streams.simulate.config import ExamType, LogNormal, ReportConfig
 from streams.simulate.sampling import WeightedChoice, lognormal_ms, uuid4_from
 
 __all__ = ["ReportTimeline", "StudyContext", "simulate_reports"]
 
-_HOUR_MS = 3_600_000
-_MINUTE_MS = 60_000
 _SIGN_MINUTES = LogNormal(median=4.0, sigma=0.7, maximum=120.0)
 """Critical call -> final report signed."""
 _HL7_STATUS = {
@@ -83,7 +82,7 @@ def simulate_reports(
     """
     if rng.random() < config.missing_rate:
         return None
-    tat_ms = lognormal_ms(rng, study.exam.report_tat_hours, _HOUR_MS)
+    tat_ms = lognormal_ms(rng, study.exam.report_tat_hours, HOUR_MS)
     if ai_flagged:
         tat_ms = int(tat_ms * config.ai_positive_tat_factor)
     read_at = study.exam_completed_at_ms + tat_ms
@@ -103,13 +102,13 @@ def simulate_reports(
     preliminary = rng.random() < config.preliminary_rate
     critical_at: int | None = None
     if any(label is Label.PRESENT for label in labels.values()):
-        critical_at = read_at + lognormal_ms(rng, config.critical_call_minutes, _MINUTE_MS)
+        critical_at = read_at + lognormal_ms(rng, config.critical_call_minutes, MINUTE_MS)
     if preliminary:
-        final_at = read_at + lognormal_ms(rng, config.preliminary_to_final_hours, _HOUR_MS)
+        final_at = read_at + lognormal_ms(rng, config.preliminary_to_final_hours, HOUR_MS)
     else:
         final_at = read_at
     if critical_at is not None:
-        final_at = max(final_at, critical_at + lognormal_ms(rng, _SIGN_MINUTES, _MINUTE_MS))
+        final_at = max(final_at, critical_at + lognormal_ms(rng, _SIGN_MINUTES, MINUTE_MS))
     attending = f"{study.site_id}-rad-{rng.randrange(1, 31):02d}"
     resident = f"{study.site_id}-res-{rng.randrange(1, 21):02d}"
     report_id = f"RPT-{study.accession_number}"
@@ -153,7 +152,7 @@ def simulate_reports(
     events.append(event(ReportStatus.FINAL, final_at, labels, attending))
 
     if addendum_status is not None:
-        addendum_at = final_at + max(1, lognormal_ms(rng, config.addendum_delay_hours, _HOUR_MS))
+        addendum_at = final_at + max(1, lognormal_ms(rng, config.addendum_delay_hours, HOUR_MS))
         if critical_at is None and Label.PRESENT in addendum_labels.values():
             critical_at = addendum_at  # a finding missed in the final report is called in now
         if addendum_status is ReportStatus.APPENDED:

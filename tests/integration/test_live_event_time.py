@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from schemas.events import Event
+from schemas.units import DAY_MS
 from tests.integration.test_live_harness import (
     LiveEnv,
     assert_equal_to_replay,
@@ -24,8 +25,6 @@ from tests.integration.test_live_harness import (
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
-
-DAY_MS = 86_400_000
 
 
 def _late_counts(env: LiveEnv) -> tuple[list[str], list[str]]:

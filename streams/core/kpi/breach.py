@@ -52,16 +52,16 @@ import tomllib
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.records import Breach, BreachState, KpiValue, Severity
+from schemas.units import DAY_MS, format_utc
 from streams.core.kpi.catalogue import KPI_BY_NAME
 from streams.core.kpi.stats import wilson_interval
-from streams.core.kpi.windows import DAY_MS, WINDOW_SPEC_BY_NAME
+from streams.core.kpi.windows import WINDOW_SPEC_BY_NAME
 
 __all__ = [
     "BreachEvaluator",
@@ -190,10 +190,6 @@ def breach_id(rule_id: str, dims: tuple[str, str, str, str], window: str, start_
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def _when(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%MZ")
-
-
 @dataclass(slots=True)
 class _Window:
     start_ms: int
@@ -206,7 +202,7 @@ class _Window:
         counts = ""
         if self.numerator is not None and self.denominator is not None:
             counts = f" ({self.numerator:g}/{self.denominator:g})"
-        return f"[{_when(self.start_ms)}, {_when(self.end_ms)}) {self.value:.4g}{counts}"
+        return f"[{format_utc(self.start_ms)}, {format_utc(self.end_ms)}) {self.value:.4g}{counts}"
 
 
 @dataclass(slots=True)
@@ -338,7 +334,7 @@ class BreachEvaluator:
             baseline_end = series.baseline_start_ms + rule.baseline_days * DAY_MS
             test = (
                 f"above {threshold:.4g}, the upper Wilson 95% bound of its baseline "
-                f"[{_when(series.baseline_start_ms)}, {_when(baseline_end)}) "
+                f"[{format_utc(series.baseline_start_ms)}, {format_utc(baseline_end)}) "
                 f"({series.baseline[0]:g}/{series.baseline[1]:g})"
             )
         else:

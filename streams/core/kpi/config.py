@@ -35,8 +35,8 @@ import math
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.units import DAY_MS, HOUR_MS, MINUTE_MS
 from streams.core.kpi.stats import DEFAULT_GAMMA
-from streams.core.kpi.windows import DAY_MS, HOUR_MS
 
 __all__ = ["KpiConfig"]
 
@@ -63,8 +63,8 @@ class KpiConfig(BaseModel):
 
     allowed_lateness_ms: int = Field(default=2 * HOUR_MS, ge=0)
     late_horizon_ms: int = Field(default=7 * DAY_MS, ge=0, multiple_of=HOUR_MS)
-    emit_interval_ms: int | None = Field(default=5 * 60_000, gt=0)
-    response_sla_ms: int = Field(default=15 * 60_000, ge=0)
+    emit_interval_ms: int | None = Field(default=5 * MINUTE_MS, gt=0)
+    response_sla_ms: int = Field(default=15 * MINUTE_MS, ge=0)
     psi_reference_ms: int = Field(default=14 * DAY_MS, gt=0, multiple_of=DAY_MS)
     psi_epsilon: float = Field(default=1e-4, gt=0.0, lt=0.1)
     duration_gamma: float = Field(default=DEFAULT_GAMMA, gt=1.0, le=1.1)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-from streams.core.kpi.windows import DAY_MS
+from schemas.units import DAY_MS
 
 __all__ = [
     "PSI_BINS",

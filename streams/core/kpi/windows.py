@@ -14,20 +14,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from schemas.units import DAY_MS, HOUR_MS
+
 __all__ = [
-    "DAY_MS",
-    "HOUR_MS",
     "WINDOW_SPECS",
     "WINDOW_SPEC_BY_NAME",
     "WindowSpec",
     "window_ranges",
 ]
-
-HOUR_MS = 3_600_000
-"""One hour in milliseconds."""
-
-DAY_MS = 24 * HOUR_MS
-"""One day in milliseconds (UTC days have no leap seconds in epoch time)."""
 
 
 @dataclass(frozen=True, slots=True)

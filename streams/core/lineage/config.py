@@ -15,16 +15,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretBytes, model_validator
 
+from schemas.units import DAY_MS
+
 __all__ = [
-    "DAY_MS",
     "DEMO_PSEUDONYM_KEY",
     "MIN_PSEUDONYM_KEY_BYTES",
     "AlgorithmEligibility",
     "LineageConfig",
 ]
-
-DAY_MS = 24 * 60 * 60 * 1000
-"""One day in milliseconds."""
 
 DEMO_PSEUDONYM_KEY = b"imgov-DEMO-ONLY-pseudonym-key--PUBLIC--not-a-secret"
 """The fixed key used when ``demo`` is set. It is in the source code, so it is public."""

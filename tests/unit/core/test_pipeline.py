@@ -10,6 +10,7 @@ from streams.core.pipeline import GovernanceProcessor
 from streams.governance import DEFAULT_ELIGIBILITY
 from streams.simulate.config import SimulationConfig
 from streams.simulate.run import run_simulation
+from tests.unit.core.kpi.test_batch import window_key
 
 
 def _final_kpis(events: list[Event], chunk: int) -> dict[tuple[object, ...], KpiValue]:
@@ -23,15 +24,7 @@ def _final_kpis(events: list[Event], chunk: int) -> dict[tuple[object, ...], Kpi
     values.extend(processor.close().kpis)
     latest: dict[tuple[object, ...], KpiValue] = {}
     for v in values:
-        key = (
-            v.kpi,
-            v.window_size,
-            v.window_start_ms,
-            v.site_id,
-            v.algorithm_name,
-            v.algorithm_version,
-            v.finding_code,
-        )
+        key = window_key(v)
         if v.final and (key not in latest or v.revision >= latest[key].revision):
             latest[key] = v
     return latest

@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
+from schemas.units import DAY_MS
 from sinks.query import ChdbBackend
 from streams.paths import REPO_ROOT
 from streams.replay.demo import DemoRun
 from streams.report.page import COMPLIANCE_QUERIES
 
-DAY_MS = 86_400_000
 INTERACTIONS = {"VIEWED", "ACKNOWLEDGED", "ACCEPTED", "MODIFIED", "DISMISSED"}
 OUTCOMES = {
     ("POSITIVE", "PRESENT"): "tp",

@@ -6,10 +6,9 @@ import itertools
 from collections import defaultdict
 
 from schemas.events import Event, InferenceEvent, ReportEvent
+from schemas.units import HOUR_MS
 from streams.simulate.run import SimulationRun, run_simulation
 from tests.unit.simulate.conftest import SMALL
-
-_HOUR_MS = 3_600_000
 
 
 def test_output_is_in_delivery_order(large_run: SimulationRun) -> None:
@@ -53,8 +52,8 @@ def test_late_deliveries_come_hours_to_days_later(large_run: SimulationRun) -> N
     late = [d for d in large_run.deliveries if d.late and not d.duplicate]
     assert len(late) == large_run.stats.late
     delays = sorted(d.delivered_at_ms - d.event.occurred_at_ms for d in late)
-    assert delays[len(delays) // 2] > _HOUR_MS
-    assert delays[-1] > 24 * _HOUR_MS
+    assert delays[len(delays) // 2] > HOUR_MS
+    assert delays[-1] > 24 * HOUR_MS
     prompt = [d for d in large_run.deliveries if not d.late and not d.duplicate]
     assert max(d.delivered_at_ms - d.event.occurred_at_ms for d in prompt) <= 600_000
 

@@ -37,11 +37,10 @@ from schemas.records import (
     ReviewCandidate,
     Severity,
 )
+from schemas.units import DAY_MS, HOUR_MS, MINUTE_MS
 from streams.core.lineage.hashchain import record_hash
 
 T0 = 1_700_000_000_000
-MINUTE = 60_000
-DAY = 86_400_000
 
 _OUTCOMES = (
     (InferenceResult.POSITIVE, ReportLabel.PRESENT, Outcome.TRUE_POSITIVE),
@@ -58,7 +57,7 @@ def lineage_chain(
 ) -> list[LineageRecord]:
     """Returns ``revisions`` chained revisions of one lineage key: open, then complete."""
     ai_result, label, outcome = _OUTCOMES[index % len(_OUTCOMES)]
-    available = T0 + index * MINUTE
+    available = T0 + index * MINUTE_MS
     completed = available + rng.randint(20_000, 300_000)
     raised = completed + 5_000 if ai_result is InferenceResult.POSITIVE else None
     responded = raised + rng.randint(10_000, 1_800_000) if raised is not None else None
@@ -93,7 +92,7 @@ def lineage_chain(
     prev: str | None = None
     for revision in range(1, revisions + 1):
         final = revision == revisions
-        report_final = completed + 3_600_000 if final else None
+        report_final = completed + HOUR_MS if final else None
         fields = {
             **common,
             "report_id": f"rep-{site_id}-{index}" if final else None,
@@ -101,8 +100,8 @@ def lineage_chain(
             "report_status": ReportStatus.FINAL if final else None,
             "report_label": label if final else None,
             "label_method": LabelMethod.NLP if final else None,
-            "exam_completed_at_ms": available - 60_000,
-            "report_tat_ms": report_final - (available - 60_000) if report_final else None,
+            "exam_completed_at_ms": available - MINUTE_MS,
+            "report_tat_ms": report_final - (available - MINUTE_MS) if report_final else None,
             "outcome": outcome if final else Outcome.AWAITING_REPORT,
             "review_candidate": final and outcome is Outcome.FALSE_POSITIVE and responded is None,
             "completeness": Completeness.COMPLETE if final else Completeness.OPEN,
@@ -131,13 +130,13 @@ def lineage_records(count: int, *, sites: int = 3, seed: int = 7) -> list[Lineag
     return out[:count]
 
 
-def kpi_emissions(window_start_ms: int = T0 - T0 % DAY) -> list[KpiValue]:
+def kpi_emissions(window_start_ms: int = T0 - T0 % DAY_MS) -> list[KpiValue]:
     """Returns one window's emissions: two current values, final, a late revision 2."""
     base = {
         "kpi": "alert_ppv",
         "window_size": "1d",
         "window_start_ms": window_start_ms,
-        "window_end_ms": window_start_ms + DAY,
+        "window_end_ms": window_start_ms + DAY_MS,
         "site_id": "site-0",
         "algorithm_name": "ich-detector",
         "algorithm_version": "2.1.0",
@@ -159,7 +158,7 @@ def breaches() -> list[Breach]:
         "severity": Severity.WARNING,
         "window_size": "30d",
         "window_start_ms": T0,
-        "window_end_ms": T0 + 30 * DAY,
+        "window_end_ms": T0 + 30 * DAY_MS,
         "site_id": "site-0",
         "algorithm_name": "ich-detector",
         "algorithm_version": "2.1.0",
@@ -185,7 +184,7 @@ def review_candidates() -> list[ReviewCandidate]:
             finding_code="ICH",
             score=0.91,
             report_id="rep-1",
-            report_final_at_ms=T0 + DAY,
+            report_final_at_ms=T0 + DAY_MS,
             revision=revision,
             record_hash=f"{revision:064x}",
             reason="AI positive, report absent, no interaction",
@@ -239,7 +238,7 @@ def input_events() -> list[InferenceEvent | AlertEvent | ReportEvent]:
         ),
         AlertEvent(
             event_id="alert-1",
-            occurred_at_ms=T0 + MINUTE,
+            occurred_at_ms=T0 + MINUTE_MS,
             alert_id="a-1",
             algorithm_name="ich-detector",
             algorithm_version="2.1.0",
@@ -251,7 +250,7 @@ def input_events() -> list[InferenceEvent | AlertEvent | ReportEvent]:
         ),
         ReportEvent(
             event_id="rep-1",
-            occurred_at_ms=T0 + DAY,
+            occurred_at_ms=T0 + DAY_MS,
             patient_id="PATIENT-123",
             report_id="r-1",
             status=ReportStatus.FINAL,

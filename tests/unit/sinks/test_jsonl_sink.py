@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from schemas.records import DeadLetter, DeadLetterReason, KpiValue
+from schemas.units import DAY_MS
 from sinks.base import Sink
 from sinks.jsonl import JsonLinesSink
 from sinks.memory import MemorySink
@@ -17,7 +18,7 @@ def _kpi(start: int) -> KpiValue:
         kpi="alert_ppv",
         window_size="1d",
         window_start_ms=start,
-        window_end_ms=start + 86_400_000,
+        window_end_ms=start + DAY_MS,
         site_id="*",
         algorithm_name="ich-detect",
         algorithm_version="*",
@@ -42,12 +43,12 @@ def test_jsonl_sink_writes_only_on_flush_and_keeps_bytes(tmp_path: Path) -> None
     )
     sink.add(_kpi(0))
     sink.add(letter)
-    sink.add(_kpi(86_400_000))
+    sink.add(_kpi(DAY_MS))
     assert (tmp_path / "kpi.jsonl").read_text() == ""
     sink.close()
 
     kpi_lines = [json.loads(line) for line in (tmp_path / "kpi.jsonl").read_text().splitlines()]
-    assert [line["window_start_ms"] for line in kpi_lines] == [0, 86_400_000]
+    assert [line["window_start_ms"] for line in kpi_lines] == [0, DAY_MS]
     assert kpi_lines[0]["value"] == 0.75 and kpi_lines[0]["final"] is True
     (dead,) = [json.loads(line) for line in (tmp_path / "dlq.jsonl").read_text().splitlines()]
     assert dead["reason"] == "UNDECODABLE"

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from uuid import UUID
 
 import pytest
+from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
+from clickhouse_driver.connection import ServerInfo
 
 from sinks.clickhouse.settings import ClickHouseSettings
 from sinks.query import (
@@ -30,6 +36,34 @@ def test_substitute_params_quotes_values() -> None:
         substitute_params("SELECT %(x)s", {"x": object()})
 
 
+@pytest.mark.parametrize("value", [b"\x00'", {"k": 1}, {1, 2}, [1, b"x"], object()])
+def test_values_without_a_sql_literal_are_refused(value: object) -> None:
+    # clickhouse-driver would print them with str(): b'...' is valid-looking wrong SQL.
+    with pytest.raises(TypeError, match="as a query parameter"):
+        substitute_params("SELECT %(x)s", {"x": value})
+
+
+def test_substitution_is_clickhouse_drivers_own() -> None:
+    """chDB gets the literals the driver sends a server in the same time zone."""
+    client = Client("127.0.0.1", port=1)  # never connects: substitution is client-side
+    context = client.connection.context
+    context.server_info = ServerInfo("ClickHouse", 18, 16, 1, 54413, "Asia/Kolkata", "x", 0)
+    params: dict[str, Any] = {
+        "s": "a'b\\c\nd\te\0",
+        "n": None,
+        "f": -1.5,
+        "l": ["x", "y'"],
+        "t": ("x", 2),
+        "d": date(2026, 1, 2),
+        "dt": datetime(2026, 1, 2, 3, 4, 5, 678_000, tzinfo=UTC),
+        "u": UUID(int=1),
+    }
+    sql = "SELECT " + ", ".join(f"%({name})s" for name in params)
+    expected = client.substitute_params(sql, params, context)
+    assert substitute_params(sql, params, timezone="Asia/Kolkata") == expected
+    assert "'2026-01-02 08:34:05'" in expected  # aware: in the server's zone, to the second
+
+
 @pytest.fixture
 def chdb(tmp_path: Path) -> Iterator[ChdbBackend]:
     backend = ChdbBackend(tmp_path / "chdb", "imgov_q")
@@ -50,6 +84,44 @@ def test_chdb_backend_runs_queries_with_params(chdb: ChdbBackend) -> None:
     assert rows == [("a'b", 2**62, -0.0, [1, 2], None)]
     assert str(rows[0][2]) == "-0.0"
     assert chdb.execute("CREATE TABLE t (x String) ENGINE = Memory") == ([], [])
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["it's a \\ and a\nnewline", "\\'", "'\\n' \\\\ %s %(x)s", "tab\tnul\0 bell\a é ✓", ""],
+)
+def test_chdb_string_parameters_round_trip(chdb: ChdbBackend, text: str) -> None:
+    assert chdb.execute("SELECT %(x)s AS x", {"x": text}) == (["x"], [(text,)])
+    assert chdb.execute("SELECT %(x)s AS x", {"x": [text, text]})[1] == [([text, text],)]
+
+
+def test_chdb_datetime_parameters_are_instants(chdb: ChdbBackend) -> None:
+    moment = datetime(2026, 1, 2, 5, 4, 5, tzinfo=timezone(timedelta(hours=2)))
+    rows = chdb.execute("SELECT toUnixTimestamp(%(t)s) AS s", {"t": moment})[1]
+    assert rows == [(int(moment.timestamp()),)]
+    assert chdb.execute("SELECT %(b)s + 0 AS b", {"b": True})[1] == [(1,)]
+
+
+class _RecordingClient:
+    """Just enough of clickhouse_driver.Client for ClickHouseBackend.execute."""
+
+    def __init__(self) -> None:
+        self.connection = SimpleNamespace(hosts=[("db", 9000)])
+        self.calls: list[tuple[str, Any]] = []
+
+    def execute(self, sql: str, params: Any = None, **_: Any) -> tuple[list, list]:
+        self.calls.append((sql, params))
+        return [], []
+
+
+def test_server_backend_gives_the_driver_the_same_values() -> None:
+    client = _RecordingClient()
+    backend = ClickHouseBackend(client, "imgov")  # type: ignore[arg-type]
+    backend.execute("SELECT %(b)s, %(l)s", {"b": True, "l": [False, "x"]})
+    assert client.calls == [("SELECT %(b)s, %(l)s", {"b": 1, "l": [0, "x"]})]
+    with pytest.raises(TypeError):
+        backend.execute("SELECT %(x)s", {"x": b"raw"})
+    assert len(client.calls) == 1
 
 
 def test_chdb_backend_insert_keeps_bytes(chdb: ChdbBackend) -> None:

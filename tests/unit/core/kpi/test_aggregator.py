@@ -10,11 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.records import KpiValue
+from schemas.units import DAY_MS, HOUR_MS
 from streams.core.kpi.aggregator import KpiAggregator
 from streams.core.kpi.config import KpiConfig
 from tests.unit.core.kpi.test_batch import (
-    DAY,
-    HOUR,
+    Key,
     assert_matches_batch,
     batch_kpis,
     chain,
@@ -23,9 +23,10 @@ from tests.unit.core.kpi.test_batch import (
     last_values,
     random_studies,
     time_ordered,
+    window_key,
 )
 
-REFERENCE = 1 * DAY  # short PSI reference so that PSI windows exist in a few days of data
+REFERENCE = 1 * DAY_MS  # short PSI reference so that PSI windows exist in a few days of data
 
 
 def run(pairs: list, config: KpiConfig | None = None) -> tuple[KpiAggregator, list[KpiValue]]:
@@ -57,7 +58,7 @@ def test_any_interleaving_gives_the_batch_values(seed: int, n: int, shuffle: int
     # A random interleaving can hold a key's revisions back by more than the default
     # 7-day late horizon, after which a window is closed by contract (too_late). The
     # property is about order, so give the horizon room for any disorder generated.
-    horizon = KpiConfig(psi_reference_ms=REFERENCE, late_horizon_ms=90 * DAY)
+    horizon = KpiConfig(psi_reference_ms=REFERENCE, late_horizon_ms=90 * DAY_MS)
     aggregator, shuffled = run(interleave(chains, random.Random(shuffle)), horizon)
     assert set(aggregator.too_late.values()) == {0}
     expected = batch_kpis(finals(chains), REFERENCE)
@@ -70,9 +71,9 @@ def test_any_interleaving_gives_the_batch_values(seed: int, n: int, shuffle: int
 def test_rolling_windows_from_panes_equal_direct_computation(seed: int) -> None:
     """45 days with disorder of up to 3 days: 7 d / 30 d windows slide over late data."""
     rng = random.Random(seed)
-    chains = [chain(s) for s in random_studies(rng, 300, span_ms=45 * DAY)]
+    chains = [chain(s) for s in random_studies(rng, 300, span_ms=45 * DAY_MS)]
     pairs = [(old, new) for c in chains for old, new in zip([None, *c], c, strict=False)]
-    delay = {id(new): rng.randrange(3 * DAY) if rng.random() < 0.2 else 0 for _, new in pairs}
+    delay = {id(new): rng.randrange(3 * DAY_MS) if rng.random() < 0.2 else 0 for _, new in pairs}
     # Per key, revisions stay in order: sort by (delayed time of the key's first record).
     pairs.sort(key=lambda p: (p[1].updated_at_ms + delay[id(p[1])], p[1].revision))
     by_key: dict[str, list] = {}
@@ -86,25 +87,18 @@ def test_rolling_windows_from_panes_equal_direct_computation(seed: int) -> None:
         uid = pair[1].study_uid
         ordered.append(by_key[uid][cursor[uid]])
         cursor[uid] += 1
-    aggregator, values = run(ordered, KpiConfig(psi_reference_ms=7 * DAY))
+    aggregator, values = run(ordered, KpiConfig(psi_reference_ms=7 * DAY_MS))
     assert aggregator.refused_retractions == 0
     assert set(aggregator.too_late.values()) == {0}
-    assert_matches_batch(last_values(values), batch_kpis(finals(chains), 7 * DAY))
+    assert_matches_batch(last_values(values), batch_kpis(finals(chains), 7 * DAY_MS))
 
 
 def test_every_window_ends_final_and_revisions_grow() -> None:
     chains = [chain(s) for s in random_studies(random.Random(7), 300)]
     _, values = run(interleave(chains, random.Random(8)))
-    seen: dict[tuple, tuple[bool, int]] = {}
+    seen: dict[Key, tuple[bool, int]] = {}
     for v in values:
-        key = (
-            v.kpi,
-            v.window_size,
-            v.window_start_ms,
-            v.site_id,
-            v.algorithm_version,
-            v.algorithm_name,
-        )
+        key = window_key(v)
         if key in seen and seen[key][0]:
             assert v.final and v.revision == seen[key][1] + 1  # a final value is never undone
         seen[key] = (v.final, v.revision)
@@ -119,35 +113,16 @@ def test_late_contribution_re_emits_a_final_window_with_next_revision() -> None:
     values = []
     for old, new in time_ordered([first, *rest]):
         values += feed(aggregator, old, new)
-    before = {
-        (
-            v.kpi,
-            v.window_size,
-            v.window_start_ms,
-            v.site_id,
-            v.algorithm_name,
-            v.algorithm_version,
-            v.finding_code,
-        ): v
-        for v in values
-    }
+    before = last_values(values)
     emitted_late = []
     for old, new in time_ordered([late]):
         emitted_late += feed(aggregator, old, new)
     # Revisions go out with the next emission: here when event time crosses an hour.
-    emitted_late += aggregator.advance(max(c[-1].updated_at_ms for c in rest) + HOUR)
+    emitted_late += aggregator.advance(max(c[-1].updated_at_ms for c in rest) + HOUR_MS)
     revised = [v for v in emitted_late if v.revision > 1]
     assert revised, "a late record must revise the final windows it lands in"
     for v in revised:
-        key = (
-            v.kpi,
-            v.window_size,
-            v.window_start_ms,
-            v.site_id,
-            v.algorithm_name,
-            v.algorithm_version,
-            v.finding_code,
-        )
+        key = window_key(v)
         assert v.final and before[key].final
         assert v.revision == before[key].revision + 1
     everything = values + emitted_late + aggregator.close_all()
@@ -155,13 +130,13 @@ def test_late_contribution_re_emits_a_final_window_with_next_revision() -> None:
 
 
 def test_contribution_after_the_horizon_is_counted_not_applied() -> None:
-    studies = random_studies(random.Random(5), 50, span_ms=DAY)
+    studies = random_studies(random.Random(5), 50, span_ms=DAY_MS)
     chains = [chain(s) for s in studies]
-    config = KpiConfig(late_horizon_ms=DAY, emit_interval_ms=None)
+    config = KpiConfig(late_horizon_ms=DAY_MS, emit_interval_ms=None)
     aggregator = KpiAggregator(config)
     for old, new in time_ordered(chains[1:]):
         feed(aggregator, old, new)
-    aggregator.advance(max(c[-1].updated_at_ms for c in chains) + 40 * DAY)
+    aggregator.advance(max(c[-1].updated_at_ms for c in chains) + 40 * DAY_MS)
     values = []
     for old, new in time_ordered(chains[:1]):
         values += feed(aggregator, old, new)
@@ -172,14 +147,14 @@ def test_contribution_after_the_horizon_is_counted_not_applied() -> None:
 
 def test_current_values_are_throttled_in_event_time() -> None:
     chains = [chain(s) for s in random_studies(random.Random(2), 300)]
-    aggregator = KpiAggregator(KpiConfig(emit_interval_ms=HOUR))
+    aggregator = KpiAggregator(KpiConfig(emit_interval_ms=HOUR_MS))
     rounds = []
     for old, new in time_ordered(chains):
         out = feed(aggregator, old, new)
         if any(not v.final for v in out):
             rounds.append(new.updated_at_ms)
     assert len(rounds) > 10
-    assert all(b - a >= HOUR for a, b in itertools.pairwise(rounds))
+    assert all(b - a >= HOUR_MS for a, b in itertools.pairwise(rounds))
 
 
 def test_no_current_values_when_disabled_and_output_sorted() -> None:
@@ -196,7 +171,7 @@ def test_no_current_values_when_disabled_and_output_sorted() -> None:
 @pytest.mark.parametrize("seed", [6, 7])
 def test_current_values_on_demand_whenever_called_leave_the_batch_values(seed: int) -> None:
     chains = [chain(s) for s in random_studies(random.Random(seed), 300)]
-    config = KpiConfig(psi_reference_ms=REFERENCE, emit_interval_ms=HOUR)
+    config = KpiConfig(psi_reference_ms=REFERENCE, emit_interval_ms=HOUR_MS)
     aggregator = KpiAggregator(config, current_on_demand=True)
     calls = random.Random(seed)
     values: list[KpiValue] = []
@@ -217,7 +192,9 @@ def test_current_values_on_demand_whenever_called_leave_the_batch_values(seed: i
 
 def test_state_is_bounded_by_panes_not_records() -> None:
     def state_after(days: int) -> dict[str, int]:
-        chains = [chain(s) for s in random_studies(random.Random(9), days * 30, span_ms=days * DAY)]
+        chains = [
+            chain(s) for s in random_studies(random.Random(9), days * 30, span_ms=days * DAY_MS)
+        ]
         aggregator, _ = run(time_ordered(chains), KpiConfig(emit_interval_ms=None))
         # close_all moved the watermark past every window: only recent panes remain.
         return aggregator.state_size()
@@ -251,7 +228,7 @@ def _proportions_consistent(aggregator: KpiAggregator) -> bool:
 def test_add_then_retract_is_empty(seed: int, n: int) -> None:
     chains = [chain(s) for s in random_studies(random.Random(seed), n)]
     # A horizon longer than the data: nothing is too late to retract.
-    config = KpiConfig(psi_reference_ms=REFERENCE, late_horizon_ms=60 * DAY)
+    config = KpiConfig(psi_reference_ms=REFERENCE, late_horizon_ms=60 * DAY_MS)
     aggregator = KpiAggregator(config)
     values = []
     for old, new in time_ordered(chains):

@@ -20,12 +20,16 @@ import pytest
 
 from schemas.events import InferenceResult, InferenceStatus
 from schemas.records import Completeness, KpiValue, LineageRecord, Outcome, ReportLabel
+from schemas.units import DAY_MS, HOUR_MS, MINUTE_MS
 
-HOUR = 3_600_000
-DAY = 24 * HOUR
 START = 1_735_689_600_000  # 2025-01-01T00:00:00Z
-SIZES = {"1h": (HOUR, HOUR), "1d": (DAY, DAY), "7d": (7 * DAY, DAY), "30d": (30 * DAY, DAY)}
-SLA = 15 * 60_000
+SIZES = {
+    "1h": (HOUR_MS, HOUR_MS),
+    "1d": (DAY_MS, DAY_MS),
+    "7d": (7 * DAY_MS, DAY_MS),
+    "30d": (30 * DAY_MS, DAY_MS),
+}
+SLA = 15 * MINUTE_MS
 
 
 # -- building lineage records -----------------------------------------------------
@@ -48,7 +52,7 @@ class Study:
 if TYPE_CHECKING:
     from streams.core.kpi.aggregator import KpiAggregator
 
-LATENESS = 2 * HOUR
+LATENESS = 2 * HOUR_MS
 
 
 def feed(
@@ -128,7 +132,7 @@ def chain(study: Study) -> list[LineageRecord]:
         if addenda:
             fields["addendum_count"] = addenda
             fields["critical_result_communicated_at_ms"] = report["report_final_at_ms"] + (
-                study.report.get("addendum_delay_ms", HOUR)
+                study.report.get("addendum_delay_ms", HOUR_MS)
             )
             fields.pop("addendum_delay_ms", None)
             stages.append(dict(fields))
@@ -137,7 +141,7 @@ def chain(study: Study) -> list[LineageRecord]:
     return [record(study, i + 1, **stage) for i, stage in enumerate(stages)]
 
 
-def random_studies(rng: random.Random, n: int, span_ms: int = 3 * DAY) -> list[Study]:
+def random_studies(rng: random.Random, n: int, span_ms: int = 3 * DAY_MS) -> list[Study]:
     """Random keys over ``span_ms`` from START: every branch of the KPI table occurs."""
     studies = []
     algorithms = [("ich", "ICH"), ("pe", "PE")]
@@ -150,7 +154,7 @@ def random_studies(rng: random.Random, n: int, span_ms: int = 3 * DAY) -> list[S
         positive = rng.random() < 0.35
         if not eligible_only:
             status = rng.choice([InferenceStatus.SUCCEEDED] * 8 + list(InferenceStatus))
-            completed = t0 + rng.randrange(1, 20 * 60_000)
+            completed = t0 + rng.randrange(1, 20 * MINUTE_MS)
             ok = status == InferenceStatus.SUCCEEDED
             study.inference = {
                 "inference_status": status,
@@ -163,24 +167,24 @@ def random_studies(rng: random.Random, n: int, span_ms: int = 3 * DAY) -> list[S
                 "time_to_result_ms": completed - t0,
             }
             if ok and positive and rng.random() < 0.9:
-                raised = completed + rng.randrange(0, 60_000)
+                raised = completed + rng.randrange(0, MINUTE_MS)
                 study.alert["alert_raised_at_ms"] = raised
                 if rng.random() < 0.85:
                     study.alert.update(
-                        alert_first_response_at_ms=raised + rng.randrange(0, 4 * HOUR),
+                        alert_first_response_at_ms=raised + rng.randrange(0, 4 * HOUR_MS),
                         alert_dismissed=rng.random() < 0.3,
                         alert_escalated=rng.random() < 0.1,
                     )
         if rng.random() < 0.85:
-            final = t0 + rng.randrange(10 * 60_000, 2 * DAY)
+            final = t0 + rng.randrange(10 * MINUTE_MS, 2 * DAY_MS)
             study.report = {
                 "report_final_at_ms": final,
-                "exam_completed_at_ms": t0 - rng.randrange(0, HOUR),
+                "exam_completed_at_ms": t0 - rng.randrange(0, HOUR_MS),
                 "report_label": rng.choice(list(ReportLabel) + [ReportLabel.PRESENT] * 2),
             }
             if rng.random() < 0.15:
                 study.report["addendum_count"] = rng.randint(1, 2)
-                study.report["addendum_delay_ms"] = rng.randrange(HOUR, 3 * DAY)
+                study.report["addendum_delay_ms"] = rng.randrange(HOUR_MS, 3 * DAY_MS)
         if study.inference is not None or study.report:
             studies.append(study)
     return studies
@@ -303,10 +307,24 @@ def psi(actual: list[int], expected: list[int], eps: float = 1e-4) -> float:
 
 
 Key = tuple[str, str, int, str, str, str, str]
+"""A KPI window of one series: (kpi, window size, start, site, algorithm, version, finding)."""
+
+
+def window_key(v: KpiValue) -> Key:
+    """Returns the window and series a streamed value belongs to, as ``batch_kpis`` keys it."""
+    return (
+        v.kpi,
+        v.window_size,
+        v.window_start_ms,
+        v.site_id,
+        v.algorithm_name,
+        v.algorithm_version,
+        v.finding_code,
+    )
 
 
 def batch_kpis(
-    records: list[LineageRecord], psi_reference_ms: int = 14 * DAY
+    records: list[LineageRecord], psi_reference_ms: int = 14 * DAY_MS
 ) -> dict[Key, dict[str, Any]]:
     """Every (kpi, window size, start, site, algorithm, version, finding) with data."""
     acc: dict[Key, Any] = {}
@@ -315,7 +333,7 @@ def batch_kpis(
         for kpi, t, kind, payload in samples(r):
             for dims in series_of(r, kpi):
                 if kind == "s":
-                    day = (t // DAY) * DAY
+                    day = (t // DAY_MS) * DAY_MS
                     score_days[dims].setdefault(day, [0] * 10)[payload] += 1
                 for size_name, (size, step) in SIZES.items():
                     if kind == "s" and size_name == "1h":
@@ -368,19 +386,7 @@ def batch_kpis(
 
 def last_values(values: list[KpiValue]) -> dict[Key, KpiValue]:
     """The last emission of every window and series (what a compacted topic keeps)."""
-    out: dict[Key, KpiValue] = {}
-    for v in values:
-        key = (
-            v.kpi,
-            v.window_size,
-            v.window_start_ms,
-            v.site_id,
-            v.algorithm_name,
-            v.algorithm_version,
-            v.finding_code,
-        )
-        out[key] = v
-    return out
+    return {window_key(v): v for v in values}
 
 
 def assert_matches_batch(values: dict[Key, KpiValue], expected: dict[Key, dict[str, Any]]) -> None:
@@ -416,24 +422,24 @@ def test_hand_computed_values() -> None:
     """Two studies: values written out by hand, independent of both implementations."""
     from streams.core.kpi.aggregator import KpiAggregator
 
-    t = START + 10 * HOUR
+    t = START + 10 * HOUR_MS
     tp = Study("S1", "ich", "ICH", "1.0", "a")
     tp.inference = {
         "inference_status": InferenceStatus.SUCCEEDED,
         "ai_result": InferenceResult.POSITIVE,
         "score": 0.95,
         "study_available_at_ms": t,
-        "inference_completed_at_ms": t + 60_000,
-        "time_to_result_ms": 60_000,
+        "inference_completed_at_ms": t + MINUTE_MS,
+        "time_to_result_ms": MINUTE_MS,
     }
     tp.alert = {
         "alert_raised_at_ms": t + 61_000,
-        "alert_first_response_at_ms": t + 61_000 + 20 * 60_000,  # outside the 15 min SLA
+        "alert_first_response_at_ms": t + 61_000 + 20 * MINUTE_MS,  # outside the 15 min SLA
         "alert_dismissed": False,
     }
     tp.report = {
-        "report_final_at_ms": t + 2 * HOUR,
-        "exam_completed_at_ms": t - 30 * 60_000,
+        "report_final_at_ms": t + 2 * HOUR_MS,
+        "exam_completed_at_ms": t - 30 * MINUTE_MS,
         "report_label": ReportLabel.PRESENT,
     }
     fp = Study("S1", "ich", "ICH", "1.0", "b")
@@ -457,12 +463,12 @@ def test_hand_computed_values() -> None:
     assert get("review_candidates").value == 1  # the FP had no alert, nobody looked
     assert get("ai_positive_rate").value == 100.0
     assert get("alert_response_rate").value == 0.0
-    assert get("time_to_response").p50 == pytest.approx(20 * 60_000, rel=0.01)
+    assert get("time_to_response").p50 == pytest.approx(20 * MINUTE_MS, rel=0.01)
     assert get("report_tat_ai_positive").denominator == 2
-    assert get("report_tat_ai_positive").p50 == pytest.approx(150 * 60_000, rel=0.01)
+    assert get("report_tat_ai_positive").p50 == pytest.approx(150 * MINUTE_MS, rel=0.01)
     assert ("coverage", "1d", START, "S1", "ich", "1.0", "ICH") not in last  # version * only
     cover = last[("coverage", "1d", START, "*", "ich", "*", "ICH")]
     assert (cover.numerator, cover.denominator, cover.value) == (2, 2, 1.0)
-    hour = last[("alert_ppv", "1h", t + 2 * HOUR, "S1", "ich", "1.0", "ICH")]
-    assert hour.window_end_ms == t + 3 * HOUR and hour.final
-    assert ("score_psi", "1h", START + 10 * HOUR, "S1", "ich", "1.0", "ICH") not in last
+    hour = last[("alert_ppv", "1h", t + 2 * HOUR_MS, "S1", "ich", "1.0", "ICH")]
+    assert hour.window_end_ms == t + 3 * HOUR_MS and hour.final
+    assert ("score_psi", "1h", START + 10 * HOUR_MS, "S1", "ich", "1.0", "ICH") not in last

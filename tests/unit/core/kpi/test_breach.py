@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from schemas.records import BreachState, KpiValue, Severity
+from schemas.units import DAY_MS, MINUTE_MS
 from streams.core.kpi.breach import BreachEvaluator, BreachPolicy, BreachRule, Scope, breach_id
 from streams.core.kpi.stats import wilson_interval
 
-DAY = 86_400_000
 START = 1_735_689_600_000  # 2025-01-01T00:00:00Z
 POLICY_FILE = Path(__file__).resolve().parents[4] / "infra" / "policy" / "breach_policy.toml"
 
@@ -29,12 +29,12 @@ def value(
     revision: int = 1,
     p90: float | None = None,
 ) -> KpiValue:
-    size = {"1d": DAY, "7d": 7 * DAY, "30d": 30 * DAY}[window]
+    size = {"1d": DAY_MS, "7d": 7 * DAY_MS, "30d": 30 * DAY_MS}[window]
     return KpiValue(
         kpi=kpi,
         window_size=window,
-        window_start_ms=START + day * DAY,
-        window_end_ms=START + day * DAY + size,
+        window_start_ms=START + day * DAY_MS,
+        window_end_ms=START + day * DAY_MS + size,
         site_id=site,
         algorithm_name="pe-detect",
         algorithm_version=version,
@@ -127,8 +127,10 @@ def test_hysteresis_open_after_n_resolve_after_m() -> None:
     opened, resolved = breaches[5], breaches[10]
     assert opened.state is BreachState.OPEN and resolved.state is BreachState.RESOLVED
     assert opened.breach_id == resolved.breach_id
-    assert opened.breach_id == breach_id("r", ("S1", "pe-detect", "*", "PE"), "1d", START + 5 * DAY)
-    assert opened.window_start_ms == START + 5 * DAY and opened.value == 0.2
+    assert opened.breach_id == breach_id(
+        "r", ("S1", "pe-detect", "*", "PE"), "1d", START + 5 * DAY_MS
+    )
+    assert opened.window_start_ms == START + 5 * DAY_MS and opened.value == 0.2
     assert opened.threshold == 0.3 and opened.severity is Severity.WARNING
     assert "3 consecutive" in opened.evidence and "2025-01-04T00:00Z" in opened.evidence
     assert "Policy v3, rule r" in opened.evidence
@@ -146,7 +148,7 @@ def test_neutral_windows_and_gaps_restart_the_count() -> None:
         value(5, 0.1),  # second consecutive: opens
     ]
     out = run(evaluator, values)
-    assert [b.window_start_ms for b in out] == [START + 5 * DAY]
+    assert [b.window_start_ms for b in out] == [START + 5 * DAY_MS]
 
 
 def test_only_first_final_values_in_order_count() -> None:
@@ -161,7 +163,7 @@ def test_only_first_final_values_in_order_count() -> None:
             value(1, 0.1),
         ],
     )
-    assert len(out) == 1 and out[0].window_start_ms == START + DAY
+    assert len(out) == 1 and out[0].window_start_ms == START + DAY_MS
     assert evaluator.ignored_values == 2
 
 
@@ -177,7 +179,7 @@ def test_duration_rule_on_p90() -> None:
     evaluator = BreachEvaluator(
         policy(kpi="time_to_result", comparator=">", threshold=900_000, statistic="p90")
     )
-    out = run(evaluator, [value(0, 60_000, kpi="time_to_result", p90=1_000_000.0)])
+    out = run(evaluator, [value(0, MINUTE_MS, kpi="time_to_result", p90=1_000_000.0)])
     assert out[0].value == 1_000_000.0 and "p90" in out[0].evidence
 
 
@@ -209,7 +211,7 @@ def test_sustained_discordance_fires_on_day_7_not_6(discordance: BreachPolicy) -
     breach = out[0]
     assert breach.rule_id == "sustained-discordance" and breach.severity is Severity.CRITICAL
     assert breach.state is BreachState.OPEN
-    assert breach.window_start_ms == START + 66 * DAY
+    assert breach.window_start_ms == START + 66 * DAY_MS
     assert breach.threshold == pytest.approx(bound)
     assert f"{bound:.4g}" in breach.evidence and "(300/6000)" in breach.evidence
     assert "7 consecutive" in breach.evidence and "2025-03-02T00:00Z" in breach.evidence

@@ -9,6 +9,7 @@ import pytest
 
 from schemas.events import InferenceResult, InferenceStatus
 from schemas.records import Completeness, LineageRecord, Outcome
+from schemas.units import DAY_MS, HOUR_MS, MINUTE_MS
 from streams.core.kpi.catalogue import (
     KPI_BY_NAME,
     KPIS,
@@ -90,10 +91,10 @@ def test_alert_contributions_and_the_sla_boundary() -> None:
         "alert_response_rate": (T, 0, 1),
         "escalation_rate": (T, 0, 1),
     }
-    on_time = slots(rec(**raised, time_to_response_ms=15 * 60_000, alert_dismissed=True))
+    on_time = slots(rec(**raised, time_to_response_ms=15 * MINUTE_MS, alert_dismissed=True))
     assert on_time["alert_response_rate"] == (T, 1, 1)
     assert on_time["dismiss_rate"] == (T, 1, 1)
-    late = slots(rec(**raised, time_to_response_ms=15 * 60_000 + 1, alert_escalated=True))
+    late = slots(rec(**raised, time_to_response_ms=15 * MINUTE_MS + 1, alert_escalated=True))
     assert late["alert_response_rate"] == (T, 0, 1)
     assert late["escalation_rate"] == (T, 1, 1)
 
@@ -129,14 +130,14 @@ def test_report_contributions_by_outcome(outcome: Outcome, expected: dict[str, i
 
 
 def test_report_turnaround_is_split_by_ai_result() -> None:
-    base = {"report_final_at_ms": T, "report_tat_ms": 3_600_000,
+    base = {"report_final_at_ms": T, "report_tat_ms": HOUR_MS,
             "inference_status": InferenceStatus.SUCCEEDED}  # fmt: skip
     positive = slots(rec(**base, ai_result=InferenceResult.POSITIVE))
     negative = slots(rec(**base, ai_result=InferenceResult.NEGATIVE))
     assert "report_tat_ai_positive" in positive and "report_tat_ai_negative" not in positive
     assert "report_tat_ai_negative" in negative and "report_tat_ai_positive" not in negative
     buckets = LogBuckets()
-    buckets.add(3_600_000)
+    buckets.add(HOUR_MS)
     assert positive["report_tat_ai_positive"] == (T, next(iter(buckets.counts)), 1)
 
 
@@ -165,7 +166,7 @@ def test_kpi_value_built_without_validation_equals_the_validated_model() -> None
         (3, 4, 0.75, 0.3, 0.95, None, None),
         (None, 12, 5000.0, None, None, 5000.0, 9000.0),
     ]:
-        built = kpi_value(0, 1, 86_400_000, ("site-01", "ich-detect", "*", "ICH"), 2, True, summary)
+        built = kpi_value(0, 1, DAY_MS, ("site-01", "ich-detect", "*", "ICH"), 2, True, summary)
         assert built == KpiValue.model_validate(built.model_dump())
         validated = KpiValue.model_validate(built.model_dump())
         for name in KpiValue.model_fields:

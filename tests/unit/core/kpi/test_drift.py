@@ -9,12 +9,12 @@ import pytest
 
 from schemas.events import InferenceResult, InferenceStatus
 from schemas.records import Completeness, LineageRecord, Outcome
+from schemas.units import DAY_MS, MINUTE_MS
 from streams.core.kpi.aggregator import KpiAggregator
 from streams.core.kpi.config import KpiConfig
 from streams.core.kpi.drift import ScoreReference, population_stability_index, score_bin
 from tests.unit.core.kpi.test_batch import feed
 
-DAY = 86_400_000
 START = 1_735_689_600_000
 
 
@@ -62,19 +62,19 @@ def test_psi_with_empty_bins_is_finite_and_empty_inputs_give_none() -> None:
 
 
 def test_reference_follows_the_first_day_seen() -> None:
-    ref = ScoreReference(2 * DAY)
-    assert ref.update(0, 5 * DAY, 3, 1)
-    assert ref.update(0, 6 * DAY, 3, 1)
-    assert not ref.update(0, 7 * DAY, 3, 1)  # after the reference period
-    assert ref.reference([0]) == (7 * DAY, [0, 0, 0, 2, 0, 0, 0, 0, 0, 0])
-    assert ref.update(0, 4 * DAY, 1, 1)  # an earlier first day: day 6 leaves the reference
-    assert ref.reference([0]) == (6 * DAY, [0, 1, 0, 1, 0, 0, 0, 0, 0, 0])
-    assert not ref.update(0, 4 * DAY, 9, -1)  # never added: refused
-    assert ref.update(0, 4 * DAY, 1, -1)
-    assert ref.first_day(0) == 4 * DAY  # retraction does not move the first day
+    ref = ScoreReference(2 * DAY_MS)
+    assert ref.update(0, 5 * DAY_MS, 3, 1)
+    assert ref.update(0, 6 * DAY_MS, 3, 1)
+    assert not ref.update(0, 7 * DAY_MS, 3, 1)  # after the reference period
+    assert ref.reference([0]) == (7 * DAY_MS, [0, 0, 0, 2, 0, 0, 0, 0, 0, 0])
+    assert ref.update(0, 4 * DAY_MS, 1, 1)  # an earlier first day: day 6 leaves the reference
+    assert ref.reference([0]) == (6 * DAY_MS, [0, 1, 0, 1, 0, 0, 0, 0, 0, 0])
+    assert not ref.update(0, 4 * DAY_MS, 9, -1)  # never added: refused
+    assert ref.update(0, 4 * DAY_MS, 1, -1)
+    assert ref.first_day(0) == 4 * DAY_MS  # retraction does not move the first day
     assert ref.reference([1]) is None
     with pytest.raises(ValueError):
-        ScoreReference(DAY + 1)
+        ScoreReference(DAY_MS + 1)
 
 
 def _inference(uid: str, t: int, score: float) -> LineageRecord:
@@ -87,7 +87,7 @@ def _inference(uid: str, t: int, score: float) -> LineageRecord:
         inference_status=InferenceStatus.SUCCEEDED,
         ai_result=InferenceResult.POSITIVE if score >= 0.5 else InferenceResult.NEGATIVE,
         score=score,
-        study_available_at_ms=t - 60_000,
+        study_available_at_ms=t - MINUTE_MS,
         inference_completed_at_ms=t,
         outcome=Outcome.AWAITING_REPORT,
         completeness=Completeness.OPEN,
@@ -100,17 +100,17 @@ def _inference(uid: str, t: int, score: float) -> LineageRecord:
 def test_score_psi_kpi_after_the_reference_period() -> None:
     """7 reference days, 7 similar days, then 7 days of shifted scores."""
     rng = random.Random(2)
-    aggregator = KpiAggregator(KpiConfig(psi_reference_ms=7 * DAY, emit_interval_ms=None))
+    aggregator = KpiAggregator(KpiConfig(psi_reference_ms=7 * DAY_MS, emit_interval_ms=None))
     values = []
     for day in range(21):
         shift = 0.3 if day >= 14 else 0.0
         for i in range(300):
-            t = START + day * DAY + i * 280_000
+            t = START + day * DAY_MS + i * 280_000
             score = min(1.0, max(0.0, rng.betavariate(2, 5) + shift))
             values += feed(aggregator, None, _inference(f"{day}-{i}", t, score))
     values += aggregator.close_all()
     psi = {
-        (v.window_start_ms - START) // DAY: v
+        (v.window_start_ms - START) // DAY_MS: v
         for v in values
         if v.kpi == "score_psi"
         and v.window_size == "1d"
@@ -122,4 +122,4 @@ def test_score_psi_kpi_after_the_reference_period() -> None:
     assert all(psi[d].value > 0.25 for d in range(14, 21))
     assert all(v.denominator == 300 for v in psi.values())
     weekly = [v for v in values if v.kpi == "score_psi" and v.window_size == "7d"]
-    assert weekly and min(v.window_start_ms for v in weekly) == START + 7 * DAY
+    assert weekly and min(v.window_start_ms for v in weekly) == START + 7 * DAY_MS

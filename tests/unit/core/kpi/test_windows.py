@@ -6,13 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.core.kpi.windows import (
-    DAY_MS,
-    HOUR_MS,
-    WINDOW_SPEC_BY_NAME,
-    WINDOW_SPECS,
-    window_ranges,
-)
+from schemas.units import DAY_MS, HOUR_MS
+from streams.core.kpi.windows import WINDOW_SPEC_BY_NAME, WINDOW_SPECS, window_ranges
 
 timestamps = st.integers(min_value=-(10**13), max_value=10**13)
 

@@ -20,7 +20,8 @@ from schemas.events import (
     ReportStatus,
 )
 from schemas.records import Completeness, DeadLetterReason, Outcome
-from streams.core.lineage.config import DAY_MS, AlgorithmEligibility, LineageConfig
+from schemas.units import DAY_MS
+from streams.core.lineage.config import AlgorithmEligibility, LineageConfig
 from streams.core.lineage.expiry import ExpiryIndex
 from streams.core.lineage.hashchain import verify_chain
 from streams.core.lineage.join import LineageJoiner, event_json_bytes
