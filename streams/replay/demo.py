@@ -11,7 +11,7 @@
    breach policy of ``infra/policy``) into the audit tables of a chDB data directory
    (``chdb/``), every accepted event included (``event_log``).
 
-The report and the terminal summary read the tables afterwards (``report_data``), the
+The report and the terminal summary read the tables afterwards (``streams.report.data``), the
 same way a compliance user would.
 
 The default scenario: three sites, 90 days, 60 studies per site and day. From day 60 on

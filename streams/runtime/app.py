@@ -17,7 +17,7 @@ Topology (names behind the optional ``topic_namespace``)::
 The lineage state table holds one encoded ``StudyState`` per study; the KPI state table
 holds the latest lineage revision applied per row plus one pickled snapshot of the
 ``KpiAggregator`` and ``BreachEvaluator`` per contributions partition (see
-``streams.runtime.stages``). Both tables are changelog-backed Faust tables (RocksDB via
+``streams.runtime.stages.kpi``). Both tables are changelog-backed Faust tables (RocksDB via
 rocksdict by default) and are written only after the sink flushed (``agents``).
 
 A worker runs both agents (role ``all``), or one of them (roles ``lineage`` and ``kpi``,

@@ -1,28 +1,6 @@
-"""The two stages of the live worker as plain objects: batches in, outputs as data.
+"""The KPI stage of the live worker, reading the contributions topic.
 
-The Faust agents (``streams.runtime.agents``) own consumers, producers, the sink and
-commits; these classes decode messages, keep event time per source and state per
-partition, and drive the core's own halves of a batch: ``LineageStep`` (join, review
-candidates, retention) and ``KpiStep`` (windows, breaches, late contributions), the
-same two the offline replay drives through ``GovernanceProcessor``. They need no
-broker, so unit tests drive them directly.
-
-**LineageStage** (input topics, co-partitioned by study): decodes and validates each
-message (a refusal becomes a dead letter with the original bytes), joins the accepted
-events per input partition (study state in a :class:`StagedMapping`), expires studies
-past retention, and returns lineage revisions, review candidates, dead letters and the
-KPI contributions (each new revision, repartitioned by algorithm and finding).
-
-Event time is kept per *source*, one input topic-partition each (DESIGN §5): an input
-partition's watermark is the minimum over its three topics (idle ones left out), and
-retention follows the minimum over the partitions this worker owns. The stage tells the
-KPI stage each input partition's watermark (``watermark_updates``: whole hours, since
-windows only change at hour boundaries, or "idle"), and names the sources that run
-ahead of the others (``sources_ahead``) so that the worker pauses them while a backlog
-is read: the partitions are then consumed in roughly event-time order, as Kafka
-Streams' timestamp-synchronised processing does.
-
-**KpiStage** (contributions topic): per partition, one ``KpiAggregator``, one
+Per contributions partition, one ``KpiAggregator``, one
 ``BreachEvaluator`` and one watermark per *upstream* input partition, taken from the
 watermark records the lineage stages send to every contributions partition after the
 contributions they cover: a window closes only once every upstream partition (idle
@@ -40,248 +18,36 @@ The contributions log replayed from the last committed offset (never past the
 snapshot: offsets are committed only after it) onto the last snapshot yields the same
 final outputs again: per-record processing does not depend on batch boundaries, so
 recovery is deterministic.
-
-Equality with replay holds for *final* results: the latest lineage revision per row,
-the final value of every KPI window, the breaches and the dead letters. Intermediate
-revisions depend on how the input was cut into batches (at most one revision per row
-per batch), as they do in replay with its chunks.
 """
 
 from __future__ import annotations
 
 import pickle
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from schemas.codec import Codec
-from schemas.errors import DecodeError
-from schemas.events import Event
 from schemas.records import (
     Breach,
     DeadLetter,
     KpiValue,
     LineageRecord,
-    ReviewCandidate,
 )
-from schemas.units import HOUR_MS
-from sinks.clickhouse.rows import EventSource
 from streams.core.kpi.aggregator import KpiAggregator
 from streams.core.kpi.breach import BreachEvaluator
 from streams.core.kpi.step import KpiStep
-from streams.core.lineage.config import LineageConfig
-from streams.core.lineage.join import LineageJoiner
-from streams.core.lineage.pseudonym import Pseudonymiser
-from streams.core.lineage.step import LineageStep
-from streams.core.lineage.store import MappingStudyStore
-from streams.core.watermarks import WatermarkTracker, combine_watermarks
+from streams.core.watermarks import WatermarkTracker
 from streams.runtime.outputs import (
     CONTROL_CLOSE,
     CONTROL_HEADER,
     CONTROL_WATERMARK,
     InputMessage,
-    dead_letter_for_message,
     lineage_key,
     parse_watermark,
 )
 from streams.runtime.staged_store import StagedMapping, StagedWrite
 
-__all__ = ["KpiBatch", "KpiStage", "LineageBatch", "LineageStage"]
-
-
-@dataclass(slots=True)
-class LineageBatch:
-    """What one batch of input messages produced."""
-
-    events: list[tuple[Event, EventSource]] = field(default_factory=list)
-    lineage: list[LineageRecord] = field(default_factory=list)
-    reviews: list[ReviewCandidate] = field(default_factory=list)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
-
-
-class LineageStage:
-    """Decode, validate, join; see the module docstring.
-
-    Args:
-        config: the join's settings.
-        allowed_lateness_ms: each source's watermark is its max event time minus this;
-            retention follows their minimum, as in ``GovernanceProcessor``.
-        codec: decodes inputs (with the value rules) and knows schema ids.
-        state: where study states live (staged until the agent commits).
-        pseudonymiser: removes direct identifiers from events kept for ``event_log``.
-        clock_ms: wall clock for ``received_at_ms`` of dead letters.
-        input_topics: the co-partitioned input topics; each partition of each is one
-            source whose first event the partition's watermark waits for.
-    """
-
-    def __init__(
-        self,
-        config: LineageConfig,
-        allowed_lateness_ms: int,
-        codec: Codec,
-        state: StagedMapping,
-        pseudonymiser: Pseudonymiser,
-        clock_ms: Callable[[], int],
-        input_topics: Sequence[str] = (),
-    ) -> None:
-        self.state = state
-        self.step = LineageStep(LineageJoiner(config, MappingStudyStore(state)))
-        self._lateness = allowed_lateness_ms
-        self._codec = codec
-        self._pseudonymiser = pseudonymiser
-        self._clock_ms = clock_ms
-        self._topics = tuple(input_topics)
-        self._partitions: dict[int, WatermarkTracker] = {}
-        self._announced: dict[int, int | None] = {}
-
-    @property
-    def joiner(self) -> LineageJoiner:
-        return self.step.joiner
-
-    @property
-    def late_after_eviction(self) -> int:
-        """Events refused because their study had already expired."""
-        return self.step.late_after_eviction
-
-    def rebuild(self) -> None:
-        """Re-reads the expiry index from the state (after a partition reassignment)."""
-        self.state.forget_partitions()
-        self.joiner.rebuild_index()
-
-    def assign(self, partitions: Iterable[int]) -> None:
-        """Keeps the watermarks of ``partitions`` (the input partitions owned now)."""
-        owned = set(partitions)
-        for p in [p for p in self._partitions if p not in owned]:
-            del self._partitions[p]
-            self._announced.pop(p, None)
-        for p in owned:
-            self._tracker(p)
-
-    def _tracker(self, partition: int) -> WatermarkTracker:
-        tracker = self._partitions.get(partition)
-        if tracker is None:
-            tracker = WatermarkTracker(self._lateness, self._topics)
-            self._partitions[partition] = tracker
-        return tracker
-
-    # -- event time ------------------------------------------------------------------
-
-    def mark_idle(self, topic: str, partition: int) -> None:
-        """A source has nothing to deliver (caught up): it stops holding time back."""
-        self._tracker(partition).mark_idle(topic)
-
-    def is_idle(self, topic: str, partition: int) -> bool:
-        tracker = self._partitions.get(partition)
-        return tracker is not None and tracker.is_idle(topic)
-
-    def partition_watermark(self, partition: int) -> int | None:
-        """An input partition's watermark (None before every active source spoke)."""
-        tracker = self._partitions.get(partition)
-        return None if tracker is None else tracker.watermark_ms
-
-    def _partition_idle(self, partition: int) -> bool:
-        tracker = self._partitions[partition]
-        return bool(tracker.sources) and all(tracker.is_idle(s) for s in tracker.sources)
-
-    @property
-    def watermark_ms(self) -> int | None:
-        """What retention follows: the minimum over the owned partitions not idle.
-
-        With every owned partition idle, the greatest of their watermarks (the rule of
-        ``WatermarkTracker``, one level up: ``combine_watermarks``).
-        """
-        return combine_watermarks(
-            (tracker.watermark_ms, self._partition_idle(p))
-            for p, tracker in self._partitions.items()
-        )
-
-    def watermark_updates(self) -> list[tuple[int, int | None]]:
-        """``(input partition, watermark or None for idle)`` not yet told downstream.
-
-        Watermarks are cut to whole hours (windows only change at hour boundaries), so
-        the KPI stages hear from each partition about once per hour of event time.
-        """
-        updates: list[tuple[int, int | None]] = []
-        for p in sorted(self._partitions):
-            if self._partition_idle(p):
-                value: int | None = None
-            else:
-                wm = self._partitions[p].watermark_ms
-                if wm is None:
-                    continue
-                value = wm - wm % HOUR_MS
-            if p not in self._announced or self._announced[p] != value:
-                self._announced[p] = value
-                updates.append((p, value))
-        return updates
-
-    def sources_ahead(self, skew_ms: int) -> set[tuple[str, int]]:
-        """Sources whose watermark runs more than ``skew_ms`` ahead of the slowest.
-
-        The slowest is the least watermark of the active sources that have delivered;
-        the worker pauses the sources returned (and resumes the others) so that a
-        backlog is read in roughly event-time order and state stays bounded.
-        """
-        marks = [
-            (wm, topic, p)
-            for p, tracker in self._partitions.items()
-            for topic, wm in tracker.sources.items()
-            if wm is not None and not tracker.is_idle(topic)
-        ]
-        if not marks:
-            return set()
-        limit = min(wm for wm, _, _ in marks) + skew_ms
-        return {(topic, p) for wm, topic, p in marks if wm > limit}
-
-    # -- batches -----------------------------------------------------------------------
-
-    def process(self, messages: Sequence[InputMessage]) -> LineageBatch:
-        """Processes one batch; state changes stay staged in ``state``."""
-        out = LineageBatch()
-        by_partition: dict[int, list[Event]] = defaultdict(list)
-        now_ms = self._clock_ms()
-        decode = self._codec.decode_event
-        for message in messages:
-            try:
-                if message.value is None:
-                    raise _empty()
-                event = decode(message.value, message.headers or None)
-            except DecodeError as exc:
-                out.dead_letters.append(dead_letter_for_message(message, exc, now_ms))
-                continue
-            by_partition[message.partition].append(event)
-            self._tracker(message.partition).observe(message.topic, event.occurred_at_ms)
-            out.events.append(
-                (
-                    self._pseudonymiser.pseudonymise_event(event),
-                    EventSource(
-                        message.topic, message.partition, message.offset, _schema_id(message)
-                    ),
-                )
-            )
-        for partition in sorted(by_partition):
-            self.state.use_partition(partition)
-            self.step.join(by_partition[partition], out)
-        self.state.use_partition(None)
-        self.expire(out)
-        return out
-
-    def expire(self, out: LineageBatch) -> None:
-        """Expires studies past retention at the current watermark, into ``out``."""
-        self.step.advance(self.watermark_ms, out)
-
-
-def _schema_id(message: InputMessage) -> int | None:
-    value = message.value
-    if value and len(value) >= 5 and value[0] == 0:
-        return int.from_bytes(value[1:5], "big")
-    return None
-
-
-def _empty() -> DecodeError:
-    from schemas.errors import UndecodableError
-
-    return UndecodableError("the message has no value (a tombstone)")
+__all__ = ["KpiBatch", "KpiStage"]
 
 
 _SNAPSHOT = "\x00snapshot:"
