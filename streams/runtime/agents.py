@@ -205,6 +205,8 @@ class LineageRunner:
         self.closed_since_input = False
         self.in_flight = 0
         self.events_in = 0
+        self.redelivered = 0
+        """Input messages skipped because their offsets were already applied."""
 
     async def lineage_batch(self, events: Sequence[Any], ack: Callable[[Any], Any]) -> None:
         """Runs one batch of input messages through the protocol, then acks them."""
@@ -220,13 +222,19 @@ class LineageRunner:
     async def _lineage_batch(self, events: Sequence[Any], ack: Callable[[Any], Any]) -> None:
         self._check_assignment()
         messages = input_messages(events)
-        batch = self.lineage.process(messages)
+        try:
+            batch = self.lineage.process(messages)
+            await self._publish(batch)
+            await self._io.write_state(self._lineage_store, self.lineage.state.take_writes())
+        except BaseException:
+            # Not acknowledged: the batch is delivered again and must apply again.
+            self.lineage.discard()
+            raise
+        self.redelivered += batch.redelivered
         now = self._clock()
         for message in messages:
             self._positions[(message.topic, message.partition)] = (message.offset, now)
         self._hold_pauses_until_input = False
-        await self._publish(batch)
-        await self._io.write_state(self._lineage_store, self.lineage.state.take_writes())
         for event in events:
             await ack(event)
         self.events_in += len(messages)

@@ -361,6 +361,7 @@ def _add_kpi(
             lambda: KpiAggregator(kpi_config, current_on_demand=True),
             lambda: copy.deepcopy(breach_template),
             upstream_partitions=worker.partitions,
+            topic=topics.contributions,
         ),
         store=store,
         sink=_new_sink(clickhouse, "kpi"),

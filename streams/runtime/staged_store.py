@@ -121,6 +121,16 @@ class StagedMapping(MutableMapping[str, bytes]):
             self._partition_of[key] = self._current
         self._staged[key] = value
 
+    def set_last(self, key: str, value: bytes) -> None:
+        """Stages ``key`` after every write staged so far (moved there if staged before).
+
+        A partition's writes reach its changelog in staging order: a record *about*
+        the other writes (the offsets they apply) is staged last, so a crash never
+        leaves it in the changelog without them.
+        """
+        self._staged.pop(key, None)
+        self[key] = value
+
     def __delitem__(self, key: str) -> None:
         if self.get(key) is None:
             raise KeyError(key)

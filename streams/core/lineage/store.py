@@ -16,7 +16,10 @@ from typing import Protocol
 from streams.core.lineage.codec import decode_state, encode_state
 from streams.core.lineage.state import StudyKey, StudyState
 
-__all__ = ["InMemoryStudyStore", "MappingStudyStore", "StudyStore"]
+__all__ = ["RESERVED_PREFIX", "InMemoryStudyStore", "MappingStudyStore", "StudyStore"]
+
+RESERVED_PREFIX = "\x00"
+"""Mapping keys starting with this are not studies (study keys are JSON arrays)."""
 
 
 class StudyStore(Protocol):
@@ -64,13 +67,15 @@ class MappingStudyStore:
     Keys are encoded as the JSON array ``[site_id, study_uid]``, values with
     :func:`encode_state`. Give it a Faust table and the state is persisted by its
     changelog; give it a dict and the tests exercise the encoding on every event.
+    Keys starting with NUL are not studies: the owner of the mapping keeps its own
+    records there (the live worker its applied offsets), and they are left alone.
     """
 
     def __init__(self, mapping: MutableMapping[str, bytes]) -> None:
         self._mapping = mapping
 
     def __len__(self) -> int:
-        return len(self._mapping)
+        return sum(1 for key in self._mapping if not key.startswith(RESERVED_PREFIX))
 
     @staticmethod
     def encode_key(key: StudyKey) -> str:
@@ -95,4 +100,5 @@ class MappingStudyStore:
 
     def items(self) -> Iterator[tuple[StudyKey, StudyState]]:
         for raw_key, raw in list(self._mapping.items()):
-            yield self.decode_key(raw_key), decode_state(raw)
+            if not raw_key.startswith(RESERVED_PREFIX):
+                yield self.decode_key(raw_key), decode_state(raw)

@@ -12,8 +12,10 @@ a redelivery and is ignored. Close markers close every window (idle close). Curr
 values come from ``emit_current``, paced by the caller. At each checkpoint
 (``take_writes``; the worker takes one every few seconds, not every batch) the
 aggregator, evaluator and upstream watermarks of every touched partition are
-snapshotted (pickle), with the offsets applied (a contiguous prefix and any beyond a
-gap in delivery), into the snapshot table; on reassignment they are loaded from it.
+snapshotted (pickle), with the offsets applied (``AppliedOffsets``: ranges, so a gap
+in delivery is applied when it comes), into the snapshot table; on reassignment they
+are loaded from it. A contribution is skipped as applied only when its own offset is
+recorded.
 The contributions log replayed from the last committed offset (never past the
 snapshot: offsets are committed only after it) onto the last snapshot yields the same
 final outputs again: per-record processing does not depend on batch boundaries, so
@@ -25,6 +27,7 @@ from __future__ import annotations
 import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from schemas.codec import Codec
 from schemas.records import (
@@ -37,6 +40,7 @@ from streams.core.kpi.aggregator import KpiAggregator
 from streams.core.kpi.breach import BreachEvaluator
 from streams.core.kpi.step import KpiStep
 from streams.core.watermarks import WatermarkTracker
+from streams.runtime.applied import AppliedOffsets
 from streams.runtime.outputs import (
     CONTROL_CLOSE,
     CONTROL_HEADER,
@@ -73,32 +77,12 @@ class _KpiPartition:
     step: KpiStep
     upstream: WatermarkTracker
     """One source per upstream input partition, fed by watermark records."""
-    offset: int | None = None
-    """Every offset up to this one is applied (None: nothing yet)."""
-    above: set[int] = field(default_factory=set)
-    """Offsets applied beyond a gap in delivery (the gap may still be delivered)."""
+    applied: AppliedOffsets
+    """The contributions in the aggregator, by offset (a gap in delivery is filled later)."""
 
     @property
     def aggregator(self) -> KpiAggregator:
         return self.step.aggregator
-
-    def applied(self, offset: int) -> bool:
-        """Whether ``offset`` is already in the aggregator (its redelivery changes nothing)."""
-        return (self.offset is not None and offset <= self.offset) or offset in self.above
-
-    def mark_applied(self, offset: int) -> None:
-        # Delivery can skip offsets (after some rebalances Faust starts beyond the
-        # committed offset; the stall guard later re-reads the gap): an offset counts as
-        # applied only when it was, never because a later one was.
-        if self.offset is None:
-            self.offset = offset  # a new partition starts where its delivery starts
-        elif offset == self.offset + 1:
-            self.offset = offset
-            while self.offset + 1 in self.above:
-                self.offset += 1
-                self.above.discard(self.offset)
-        else:
-            self.above.add(offset)
 
 
 class KpiStage:
@@ -107,12 +91,13 @@ class KpiStage:
     Args:
         codec: decodes contributions (LineageRecord) and encodes the rows kept.
         rows: the latest revision applied per lineage row (staged until commit).
-        snapshots: pickled aggregator, evaluator and last applied offset per partition
+        snapshots: pickled aggregator, evaluator and applied offsets per partition
             (staged until commit); the same table as ``rows`` under other keys.
         new_aggregator: builds an empty aggregator.
         new_breaches: builds an empty breach evaluator, or None.
         upstream_partitions: how many input partitions the lineage stages read; a
             window closes once each of them (idle ones left out) has passed its end.
+        topic: the contributions topic (names partitions in log messages).
     """
 
     def __init__(
@@ -123,8 +108,10 @@ class KpiStage:
         new_aggregator: Callable[[], KpiAggregator],
         new_breaches: Callable[[], BreachEvaluator | None],
         upstream_partitions: int = 1,
+        topic: str = "contributions",
     ) -> None:
         self._codec = codec
+        self._topic = topic
         self.rows = rows
         self.snapshots = snapshots
         self._new_aggregator = new_aggregator
@@ -146,21 +133,15 @@ class KpiStage:
     def _part(self, partition: int) -> _KpiPartition:
         part = self._parts.get(partition)
         if part is None:
+            source = f"{self._topic}[{partition}]"
             raw = self.snapshots.get(_SNAPSHOT + str(partition))
             if raw is not None:
-                snapshot = pickle.loads(raw)
-                above: set[int] = set()
-                if len(snapshot) == 3:  # written before upstream watermarks existed
-                    aggregator, breaches, offset = snapshot
-                    upstream = self._new_upstream()
-                elif len(snapshot) == 4:
-                    aggregator, breaches, upstream, offset = snapshot
-                else:
-                    aggregator, breaches, upstream, offset, above = snapshot
-                part = _KpiPartition(KpiStep(aggregator, breaches), upstream, offset, above)
+                part = _from_snapshot(pickle.loads(raw), source, self._new_upstream)
             else:
                 part = _KpiPartition(
-                    KpiStep(self._new_aggregator(), self._new_breaches()), self._new_upstream()
+                    KpiStep(self._new_aggregator(), self._new_breaches()),
+                    self._new_upstream(),
+                    AppliedOffsets(source),
                 )
             self._parts[partition] = part
         return part
@@ -174,9 +155,9 @@ class KpiStage:
             # An offset the snapshot records as applied is already in the aggregator:
             # only the row table is repaired (a crash may have lost row writes that
             # followed the snapshot in the changelog).
-            replayed = part.applied(message.offset)
+            replayed = message.offset in part.applied
             if not replayed:
-                part.mark_applied(message.offset)
+                part.applied.add(message.offset)
             control = message.header(CONTROL_HEADER)
             if control == CONTROL_WATERMARK:
                 if not replayed:
@@ -264,12 +245,44 @@ class KpiStage:
             part = self._parts[partition]
             self.snapshots.use_partition(partition)
             self.snapshots[_SNAPSHOT + str(partition)] = pickle.dumps(
-                (part.step.aggregator, part.step.breaches, part.upstream, part.offset, part.above),
+                (
+                    _SNAPSHOT_V2,
+                    part.step.aggregator,
+                    part.step.breaches,
+                    part.upstream,
+                    part.applied.ranges,
+                ),
                 protocol=pickle.HIGHEST_PROTOCOL,
             )
         self.snapshots.use_partition(None)
         self.rows.use_partition(None)
         self._touched.clear()
+
+
+_SNAPSHOT_V2 = "applied-ranges"
+"""Tags snapshots that record applied offsets as ranges (earlier ones: a prefix + a set)."""
+
+
+def _from_snapshot(
+    snapshot: tuple[Any, ...], source: str, new_upstream: Callable[[], WatermarkTracker]
+) -> _KpiPartition:
+    """A partition from its snapshot tuple, in any format this stage has written."""
+    if snapshot[0] == _SNAPSHOT_V2:
+        _, aggregator, breaches, upstream, ranges = snapshot
+        return _KpiPartition(
+            KpiStep(aggregator, breaches), upstream, AppliedOffsets(source, ranges)
+        )
+    above: set[int] = set()
+    if len(snapshot) == 3:  # written before upstream watermarks existed
+        aggregator, breaches, offset = snapshot
+        upstream = new_upstream()
+    elif len(snapshot) == 4:
+        aggregator, breaches, upstream, offset = snapshot
+    else:  # a prefix of applied offsets and a set beyond it
+        aggregator, breaches, upstream, offset, above = snapshot
+    prefix = [] if offset is None else [(0, offset + 1)]
+    applied = AppliedOffsets(source, prefix + [(o, o + 1) for o in above])
+    return _KpiPartition(KpiStep(aggregator, breaches), upstream, applied)
 
 
 def _origin(message: InputMessage) -> tuple[str, int, int]:

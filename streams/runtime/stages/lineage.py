@@ -6,6 +6,14 @@ original bytes), joins the accepted events per input partition (study state in a
 revisions, review candidates, dead letters and the KPI contributions (each new
 revision, repartitioned by algorithm and finding).
 
+Each message is applied once: the offsets applied of every input topic-partition
+(:class:`~streams.runtime.applied.AppliedOffsets`) are kept in the state table, in that
+partition, staged after the study states they describe. A message whose own offset is
+recorded is a redelivery and is skipped whole (no event row, no join, no dead letter);
+any other is applied, whatever was delivered before it, so a gap in delivery is filled
+when its messages come and re-reading a partition from an earlier offset changes
+nothing.
+
 Event time is kept per *source*, one input topic-partition each (DESIGN §5): an input
 partition's watermark is the minimum over its three topics (idle ones left out), and
 retention follows the minimum over the partitions this worker owns. The stage tells the
@@ -36,16 +44,21 @@ from streams.core.lineage.config import LineageConfig
 from streams.core.lineage.join import LineageJoiner
 from streams.core.lineage.pseudonym import Pseudonymiser
 from streams.core.lineage.step import LineageStep
-from streams.core.lineage.store import MappingStudyStore
+from streams.core.lineage.store import RESERVED_PREFIX, MappingStudyStore
 from streams.core.watermarks import WatermarkTracker, combine_watermarks
+from streams.runtime.applied import AppliedOffsets
 from streams.runtime.outputs import (
     InputMessage,
     dead_letter_for_message,
 )
 from streams.runtime.staged_store import StagedMapping
 
-__all__ = ["LineageBatch", "LineageStage"]
+__all__ = ["LineageBatch", "LineageStage", "applied_key"]
 
+
+def applied_key(topic: str, partition: int) -> str:
+    """The state key of a topic-partition's applied offsets (not a study key)."""
+    return f"{RESERVED_PREFIX}applied:{topic}:{partition}"
 
 
 @dataclass(slots=True)
@@ -56,6 +69,8 @@ class LineageBatch:
     lineage: list[LineageRecord] = field(default_factory=list)
     reviews: list[ReviewCandidate] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    redelivered: int = 0
+    """Messages skipped because their offsets were already applied."""
 
 
 class LineageStage:
@@ -92,6 +107,7 @@ class LineageStage:
         self._topics = tuple(input_topics)
         self._partitions: dict[int, WatermarkTracker] = {}
         self._announced: dict[int, int | None] = {}
+        self._applied: dict[tuple[str, int], AppliedOffsets] = {}
 
     @property
     def joiner(self) -> LineageJoiner:
@@ -105,6 +121,7 @@ class LineageStage:
     def rebuild(self) -> None:
         """Re-reads the expiry index from the state (after a partition reassignment)."""
         self.state.forget_partitions()
+        self._applied.clear()
         self.joiner.rebuild_index()
 
     def assign(self, partitions: Iterable[int]) -> None:
@@ -194,13 +211,31 @@ class LineageStage:
 
     # -- batches -----------------------------------------------------------------------
 
+    def applied(self, topic: str, partition: int) -> AppliedOffsets:
+        """The offsets of ``topic[partition]`` applied to the state (loaded on first use)."""
+        source = (topic, partition)
+        offsets = self._applied.get(source)
+        if offsets is None:
+            name = f"{topic}[{partition}]"
+            raw = self.state.get(applied_key(topic, partition))
+            offsets = AppliedOffsets(name) if raw is None else AppliedOffsets.from_bytes(name, raw)
+            self._applied[source] = offsets
+        return offsets
+
     def process(self, messages: Sequence[InputMessage]) -> LineageBatch:
         """Processes one batch; state changes stay staged in ``state``."""
         out = LineageBatch()
         by_partition: dict[int, list[Event]] = defaultdict(list)
         now_ms = self._clock_ms()
         decode = self._codec.decode_event
+        touched: set[tuple[str, int]] = set()
         for message in messages:
+            applied = self.applied(message.topic, message.partition)
+            if message.offset in applied:
+                out.redelivered += 1
+                continue
+            applied.add(message.offset)
+            touched.add((message.topic, message.partition))
             try:
                 if message.value is None:
                     raise _empty()
@@ -221,9 +256,19 @@ class LineageStage:
         for partition in sorted(by_partition):
             self.state.use_partition(partition)
             self.step.join(by_partition[partition], out)
+        for topic, partition in sorted(touched):
+            self.state.use_partition(partition)
+            self.state.set_last(
+                applied_key(topic, partition), self._applied[(topic, partition)].to_bytes()
+            )
         self.state.use_partition(None)
         self.expire(out)
         return out
+
+    def discard(self) -> None:
+        """Forgets staged state and cached offsets (the batch failed; it is redelivered)."""
+        self.state.discard()
+        self.rebuild()
 
     def expire(self, out: LineageBatch) -> None:
         """Expires studies past retention at the current watermark, into ``out``."""
