@@ -1,0 +1,300 @@
+"""``streams.runtime.faust_fixes`` against Faust's own consumer code.
+
+The consumer is the real one of a ``faust.App`` (aiokafka driver), with its drain loop
+(``_drain_messages``), ``getmany``, ``perform_seek`` and ``seek``; only its consumer
+thread, i.e. aiokafka, is replaced by ``FakeKafka``: a log per partition, a fetch
+position and committed offsets, returning records as aiokafka's
+``Fetcher.fetched_records`` does. Each scenario runs once with Faust's functions (kept
+as ``__wrapped__`` by the fix) and once with the fixed ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import types
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import faust
+import pytest
+from aiokafka.structs import ConsumerRecord  # type: ignore[import-untyped]
+from faust.transport import consumer as faust_consumer
+from faust.types import TP
+
+from streams.runtime.faust_fixes import apply_faust_commit_fixes
+
+STREAM = TP("probe-in", 0)
+CHANGELOG = TP("probe-app-state-changelog", 0)
+COMMITTED = 10
+END = 30
+BATCH = 5
+
+# The methods the fix replaces on the consumer's classes.
+PATCHED = ("perform_seek", "seek", "_getmany", "_drain_messages", "_add_gap", "_new_offset")
+
+
+class FakeKafka:
+    """The consumer thread (aiokafka) behind ``ThreadDelegateConsumer``.
+
+    ``getmany`` follows ``aiokafka.consumer.fetcher.Fetcher.fetched_records``: up to
+    ``BATCH`` records of each partition in ``active_partitions`` -- or of every partition
+    when that set is empty -- from the partition's position, which moves past them.
+    ``before_fetch(n)`` and ``after_fetch(n)`` run while the n-th fetch is in flight,
+    before and after it takes the records.
+    """
+
+    def __init__(self, ends: dict[TP, int], committed: dict[TP, int | None]) -> None:
+        self.ends = ends
+        self.committed = committed
+        self.position = {tp: offset or 0 for tp, offset in committed.items()}
+        self.fetches = 0
+        self.before_fetch: Callable[[int], Awaitable[None]] = _nothing
+        self.after_fetch: Callable[[int], Awaitable[None]] = _nothing
+
+    async def getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:
+        self.fetches += 1
+        await self.before_fetch(self.fetches)
+        records: dict[TP, list[ConsumerRecord[bytes, bytes]]] = {}
+        for tp, position in self.position.items():
+            if active_partitions and tp not in active_partitions:
+                continue
+            offsets = range(position, min(position + BATCH, self.ends[tp]))
+            if offsets:
+                records[tp] = [_record(tp, offset) for offset in offsets]
+                self.position[tp] = offsets[-1] + 1
+        await self.after_fetch(self.fetches)
+        if not records:
+            await asyncio.sleep(0.005)  # a fetch that times out
+        return records
+
+    async def seek_to_committed(self) -> dict[TP, int | None]:
+        for tp, offset in self.committed.items():
+            if offset:  # aiokafka seeks only to a committed offset > 0
+                self.position[tp] = offset
+        return dict(self.committed)
+
+    def seek(self, partition: TP, offset: int) -> None:
+        self.position[partition] = offset
+
+    def assignment(self) -> set[TP]:
+        return set(self.position)
+
+    def highwater(self, tp: TP) -> int:
+        return self.ends[tp]
+
+
+async def _nothing(n: int) -> None:
+    return None
+
+
+def _record(tp: TP, offset: int) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(
+        topic=tp.topic,
+        partition=tp.partition,
+        offset=offset,
+        timestamp=1_760_000_000_000,
+        timestamp_type=0,
+        key=b"k",
+        value=b"v",
+        checksum=None,
+        serialized_key_size=1,
+        serialized_value_size=1,
+        headers=(),
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fixes_applied() -> None:
+    apply_faust_commit_fixes()
+
+
+def _functions(fixed: bool) -> dict[str, Callable[..., Any]]:
+    """The consumer's methods of ``PATCHED``: the fixed ones, or Faust's own."""
+    functions = {}
+    for name in PATCHED:
+        fn = getattr(faust_consumer.ThreadDelegateConsumer, name)
+        functions[name] = fn if fixed else fn.__wrapped__
+    return functions
+
+
+def _consumer(fixed: bool, kafka: FakeKafka) -> Any:
+    """The consumer of a new app (never started), on ``kafka``, fixed or Faust's own."""
+    app = faust.App("probe-app", broker="kafka://127.0.0.1:9", store="memory://")
+    consumer: Any = app.consumer
+    consumer._thread = kafka
+    for name, fn in _functions(fixed).items():
+        setattr(consumer, name, types.MethodType(fn, consumer))
+    return consumer
+
+
+async def _drain(
+    consumer: Any,
+    kafka: FakeKafka,
+    deliver: Callable[[int], Awaitable[None]],
+) -> list[int]:
+    """Runs the consumer's drain loop until the fetcher reached the end of ``STREAM``.
+
+    Returns the offsets of ``STREAM`` handed to the streams (the conductor), in order.
+    """
+    delivered: list[int] = []
+
+    async def on_message(message: Any) -> None:
+        if message.tp == STREAM:
+            delivered.append(message.offset)
+            await deliver(message.offset)
+
+    consumer.callback = on_message
+    fetcher = types.SimpleNamespace(_stopped=asyncio.Event())
+    task = asyncio.create_task(consumer._drain_messages(fetcher))
+    try:
+        async with asyncio.timeout(5):
+            while kafka.position[STREAM] < END:
+                await asyncio.sleep(0.005)
+            # The drain loop fetches again once it delivered the last batch.
+            last = kafka.fetches
+            while kafka.fetches < last + 2:
+                await asyncio.sleep(0.005)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    return delivered
+
+
+def _commits(consumer: Any, delivered: list[int]) -> int | None:
+    """Acknowledges every delivered message; returns the offset Faust then commits."""
+    for offset in sorted(set(delivered)):
+        consumer._acked[STREAM].append(offset)
+        consumer._acked_index[STREAM].add(offset)
+    return consumer._new_offset(STREAM)  # type: ignore[no-any-return]
+
+
+async def _recovery_race(fixed: bool) -> tuple[list[int], int | None]:
+    """Recovery of a table ends while the stream partition is being fetched.
+
+    As in ``Recovery._restart_recovery`` and ``on_recovery_completed``: the changelog
+    partition is read while the stream partition is paused; when it is done it is paused
+    too, with a fetch in flight, so the set of active partitions is empty and the fetch
+    takes the stream partition's records, which ``getmany`` drops (paused). Then the
+    stream partition is resumed and, while the next batch is being delivered (the
+    conductor awaits a full stream buffer), sought to its committed offset.
+    """
+    kafka = FakeKafka({STREAM: END, CHANGELOG: 0}, {STREAM: COMMITTED, CHANGELOG: None})
+    consumer = _consumer(fixed, kafka)
+    recovered = asyncio.Event()
+
+    async def before_fetch(n: int) -> None:
+        if n == 1:
+            consumer.pause_partitions({CHANGELOG})
+            recovered.set()
+
+    async def on_recovery_completed() -> None:
+        await recovered.wait()
+        consumer.resume_partitions({STREAM})
+
+    consumer._set_active_tps({STREAM, CHANGELOG})
+    consumer.pause_partitions({STREAM})
+    consumer.resume_flow()
+    kafka.before_fetch = before_fetch
+    completed = asyncio.create_task(on_recovery_completed())
+    delivered = await _drain(consumer, kafka, _seek_once(consumer.perform_seek))
+    await completed
+    return delivered, _commits(consumer, delivered)
+
+
+async def _seek_race(fixed: bool) -> tuple[list[int], int | None]:
+    """``Consumer.seek`` to the committed offset while a fetched batch is delivered.
+
+    The records before that batch were taken from the fetcher, then dropped by
+    ``getmany``: the partition was paused (``Consumer.pause_partitions``, which changes
+    the set of active partitions the fetch in flight uses) and resumed later.
+    """
+    kafka = FakeKafka({STREAM: END}, {STREAM: COMMITTED})
+    consumer = _consumer(fixed, kafka)
+    paused = asyncio.Event()
+
+    async def after_fetch(n: int) -> None:
+        if n == 1:
+            consumer.pause_partitions({STREAM})
+            paused.set()
+
+    async def resume() -> None:
+        await paused.wait()
+        consumer.resume_partitions({STREAM})
+
+    consumer._set_active_tps({STREAM})
+    consumer._committed_offset[STREAM] = COMMITTED
+    consumer._read_offset[STREAM] = COMMITTED
+    consumer.resume_flow()
+    kafka.after_fetch = after_fetch
+    resumed = asyncio.create_task(resume())
+    seek = _seek_once(lambda: consumer.seek(STREAM, COMMITTED))
+    delivered = await _drain(consumer, kafka, seek)
+    await resumed
+    return delivered, _commits(consumer, delivered)
+
+
+def _seek_once(seek: Callable[[], Awaitable[None]]) -> Callable[[int], Awaitable[None]]:
+    """A delivery that runs ``seek`` while the first record is being delivered."""
+    sought = False
+
+    async def deliver(offset: int) -> None:
+        nonlocal sought
+        if not sought:
+            sought = True
+            await seek()
+
+    return deliver
+
+
+@pytest.mark.parametrize("scenario", [_recovery_race, _seek_race])
+async def test_faust_never_delivers_the_offsets_before_a_stale_batch(
+    scenario: Callable[[bool], Awaitable[tuple[list[int], int | None]]],
+) -> None:
+    delivered, committed = await scenario(False)
+
+    missing = sorted(set(range(COMMITTED, END)) - set(delivered))
+    assert missing == list(range(COMMITTED, COMMITTED + BATCH))
+    assert delivered[0] == COMMITTED + BATCH  # the stale batch, then only what follows it
+    assert committed is None  # commits of the partition stall at the committed offset
+
+
+@pytest.mark.parametrize("scenario", [_recovery_race, _seek_race])
+async def test_fixed_consumer_delivers_every_offset_from_the_committed_one(
+    scenario: Callable[[bool], Awaitable[tuple[list[int], int | None]]],
+) -> None:
+    delivered, committed = await scenario(True)
+
+    assert sorted(set(delivered)) == list(range(COMMITTED, END))
+    # The stale batch is delivered again after the seek: duplicates, never a loss.
+    assert delivered.count(COMMITTED + BATCH) == 2
+    assert delivered[BATCH:] == list(range(COMMITTED, END))
+    assert committed == END
+
+
+async def test_fixed_consumer_still_drops_records_below_a_seek_forward() -> None:
+    """Records fetched before a seek forward (a changelog to its table's offset)."""
+    kafka = FakeKafka({STREAM: END}, {STREAM: COMMITTED})
+    consumer = _consumer(True, kafka)
+
+    async def after_fetch(n: int) -> None:
+        if n == 1:  # the fetch took offsets 10-14, then the partition is sought to 20
+            await consumer.seek(STREAM, 20)
+
+    consumer._set_active_tps({STREAM})
+    consumer.resume_flow()
+    kafka.after_fetch = after_fetch
+    delivered = await _drain(consumer, kafka, lambda offset: asyncio.sleep(0))
+
+    assert delivered == list(range(20, END))
+
+
+def test_apply_is_idempotent() -> None:
+    before = {name: getattr(faust_consumer.ThreadDelegateConsumer, name) for name in PATCHED}
+    apply_faust_commit_fixes()
+
+    for name in PATCHED:
+        fn = getattr(faust_consumer.ThreadDelegateConsumer, name)
+        assert fn is before[name]
+        assert not hasattr(fn.__wrapped__, "__wrapped__")
