@@ -44,6 +44,7 @@ __all__ = ["DEFAULT_SOURCE", "GovernanceProcessor", "ProcessorOutput"]
 DEFAULT_SOURCE = "input"
 """The source of events given without one: a single input in one event-time order."""
 
+
 @dataclass(slots=True)
 class ProcessorOutput:
     """Everything one call produced, by kind, each list in emission order."""

@@ -326,6 +326,14 @@ class LineageRunner:
             self._io.resume(resume)
         self._paused = ahead
 
+    async def stop(self) -> None:
+        """Graceful stop: waits for the batch in progress, then takes no other.
+
+        The lock is kept: batches Faust already handed over wait on it unacknowledged
+        and are read again after a restart.
+        """
+        await self._lock.acquire()
+
     async def send_close_markers(self, partitions: int) -> None:
         """Idle close: one control message to every contributions partition."""
         async with self._lock:
@@ -374,6 +382,8 @@ class KpiRunner:
         self._kpi_held: list[tuple[Sequence[Any], Callable[[Any], Any]]] = []
         self._last_current_s = self._last_checkpoint_s = clock()
         self._kpi_assignment: frozenset[Any] | None = None
+        self.redelivered = 0
+        """Contributions skipped because their offsets were already applied."""
 
     async def kpi_batch(self, events: Sequence[Any], ack: Callable[[Any], Any]) -> None:
         """Runs one batch of contributions (steps 1-3); acks it at the next checkpoint."""
@@ -387,6 +397,7 @@ class KpiRunner:
                 batch.breaches += part.breaches
                 batch.dead_letters += part.dead_letters
                 batch.closed += part.closed
+                batch.redelivered += part.redelivered
                 await asyncio.sleep(0)  # see _SLICE
             await self._publish_kpis(batch)
             if batch.dead_letters:
@@ -401,6 +412,7 @@ class KpiRunner:
                     "idle close applied; late KPI contributions so far by window size: %s",
                     self.kpi.too_late(),
                 )
+            self.redelivered += batch.redelivered
             self._kpi_held.append((events, ack))
             await self._kpi_due()
 
@@ -415,6 +427,18 @@ class KpiRunner:
                 await self._kpi_checkpoint()
             self._kpi_check_assignment()
             await self._kpi_due()
+
+    async def stop(self) -> int:
+        """Graceful stop: checkpoints what was processed, then takes no other batch.
+
+        Returns how many contributions the checkpoint acknowledged. The lock is kept,
+        as in ``LineageRunner.stop``.
+        """
+        await self._kpi_lock.acquire()
+        held = self.kpi_unacknowledged
+        if held:
+            await self._kpi_checkpoint()
+        return held
 
     @property
     def kpi_unacknowledged(self) -> int:

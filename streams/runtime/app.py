@@ -67,7 +67,7 @@ from streams.runtime.staged_store import StagedMapping
 from streams.runtime.stages import KpiStage, LineageStage
 from streams.topics import KPI_AGENT, KPI_TABLE, LINEAGE_AGENT, LINEAGE_TABLE, WorkerTopics
 
-__all__ = ["GroupProgress", "build_app"]
+__all__ = ["GroupProgress", "build_app", "set_paused"]
 
 log = logging.getLogger("imgov.worker")
 
@@ -160,7 +160,7 @@ class CommitStallGuard:
         self._suspects = stuck
 
 
-def _set_paused(consumer: Any, tps: set[TP], *, paused: bool) -> None:
+def set_paused(consumer: Any, tps: set[TP], *, paused: bool) -> None:
     """Pauses (or resumes) fetching from ``tps``, copy-on-write.
 
     Faust's ``pause_partitions`` removes partitions from its set of active partitions
@@ -214,6 +214,14 @@ def build_app(
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=worker.commit_interval_s,
+        consumer_group_instance_id=worker.group_instance_id,
+        broker_session_timeout=worker.session_timeout_s,
+        broker_heartbeat_interval=worker.heartbeat_interval_s,
+        broker_max_poll_interval=worker.max_poll_interval_s,
+        # The agents acknowledge what they finished themselves, and a graceful stop
+        # drains them first (``streams.runtime.stop``); messages Faust buffered but
+        # never handed over are read again after a restart, so nothing waits for them.
+        stream_wait_empty=False,
         table_standby_replicas=0,
         producer_acks=-1,
         producer_max_request_size=4 * 1024 * 1024,
@@ -242,8 +250,8 @@ def build_app(
         flush=lambda: app.producer.flush(),
         assignment=lambda: frozenset(app.consumer.assignment()),
         encoder=OutputEncoder(codec, topics),
-        pause=lambda sources: _set_paused(app.consumer, {TP(*s) for s in sources}, paused=True),
-        resume=lambda sources: _set_paused(app.consumer, {TP(*s) for s in sources}, paused=False),
+        pause=lambda sources: set_paused(app.consumer, {TP(*s) for s in sources}, paused=True),
+        resume=lambda sources: set_paused(app.consumer, {TP(*s) for s in sources}, paused=False),
         highwater=highwater,
         settled=lambda: not (app.rebalancing or app.in_recovery),
     )

@@ -10,11 +10,20 @@ with a message naming the setting. Topic names are the constants of ``streams.to
 
 from __future__ import annotations
 
+import hashlib
+import socket
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.errors import ImgovError
@@ -67,6 +76,23 @@ class WorkerSettings(BaseSettings):
             (event time) ahead of the slowest are paused until it catches up, so that
             a backlog is read in roughly event-time order.
         commit_interval_s: how often Faust commits the offsets of finished batches.
+        instance_id: the worker's static group membership (Kafka ``group.instance.id``):
+            ``auto`` (the default) derives it from the host name and the state
+            directory, which stay the same when the same worker restarts; ``none``
+            uses dynamic membership; anything else is used as given (unique per
+            worker of a group). A static member killed and restarted within
+            ``session_timeout_s`` gets its own partitions back without a rebalance.
+        session_timeout_s: how long the group waits for a silent worker before its
+            partitions go to the others (a crash stalls them at most this long).
+        heartbeat_interval_s: how often the worker tells the group it is alive.
+        max_poll_interval_s: the longest pause between two fetches before the group
+            takes the partitions away.
+        shutdown_timeout_s: the bound on a graceful stop (SIGTERM or SIGINT): stop
+            fetching, finish the batch, checkpoint, commit, leave the group; past
+            it, the worker exits at once (what it did not commit is read again).
+        leave_group_on_stop: on a graceful stop a static member leaves the group,
+            so its partitions move at once (false: they wait ``session_timeout_s``
+            for the same worker to come back, as for a rolling restart).
         current_interval_s: how often current (not yet final) KPI values are published,
             in processing time; final values are published as windows close.
         checkpoint_interval_s: how often the KPI state (window snapshots) is written
@@ -93,6 +119,12 @@ class WorkerSettings(BaseSettings):
     source_idle_s: float = Field(10.0, gt=0)
     align_skew_ms: int = Field(2 * 3_600_000, ge=0)
     commit_interval_s: float = Field(1.0, gt=0, le=60)
+    instance_id: str = Field("auto", pattern=r"^[a-zA-Z0-9._-]{1,200}$")
+    session_timeout_s: float = Field(30.0, ge=6, le=1800)
+    heartbeat_interval_s: float = Field(3.0, gt=0, le=60)
+    max_poll_interval_s: float = Field(300.0, ge=1, le=86400)
+    shutdown_timeout_s: float = Field(30.0, gt=0, le=3600)
+    leave_group_on_stop: bool = True
     current_interval_s: float = Field(10.0, gt=0, le=3600)
     checkpoint_interval_s: float = Field(5.0, gt=0, le=300)
     web_enabled: bool = False
@@ -105,6 +137,32 @@ class WorkerSettings(BaseSettings):
     def group_id(self) -> str:
         """The Faust app id (consumer group, state topic prefix) of this worker's role."""
         return self.app_id + KPI_GROUP_SUFFIX if self.role == "kpi" else self.app_id
+
+    @property
+    def group_instance_id(self) -> str | None:
+        """The Kafka ``group.instance.id`` of this worker, None for dynamic membership.
+
+        ``auto``: ``<group_id>-<host>-<8 hex digits of the state directory's path>``,
+        stable across restarts of the same worker and distinct for two workers on
+        one host (they cannot share a state directory).
+        """
+        if self.instance_id == "none":
+            return None
+        if self.instance_id != "auto":
+            return self.instance_id
+        where = str(self.datadir.expanduser().resolve())
+        digest = hashlib.sha256(where.encode()).hexdigest()[:8]
+        host = "".join(c if c.isalnum() or c in "._-" else "-" for c in socket.gethostname())
+        return f"{self.group_id}-{host[:60]}-{digest}"
+
+    @model_validator(mode="after")
+    def _heartbeat_within_session(self) -> WorkerSettings:
+        if self.heartbeat_interval_s * 3 > self.session_timeout_s:
+            raise ValueError(
+                f"heartbeat_interval_s ({self.heartbeat_interval_s:g}) must be at most a third"
+                f" of session_timeout_s ({self.session_timeout_s:g})"
+            )
+        return self
 
     @field_validator("web_host")
     @classmethod
@@ -129,6 +187,12 @@ class _FileWorker(BaseModel):
     source_idle_s: float | None = None
     align_skew_ms: int | None = None
     commit_interval_s: float | None = None
+    instance_id: str | None = None
+    session_timeout_s: float | None = None
+    heartbeat_interval_s: float | None = None
+    max_poll_interval_s: float | None = None
+    shutdown_timeout_s: float | None = None
+    leave_group_on_stop: bool | None = None
     current_interval_s: float | None = None
     checkpoint_interval_s: float | None = None
     web_enabled: bool | None = None

@@ -3,8 +3,8 @@
 ``run_worker`` is what ``imgov worker`` calls. It validates every setting before
 anything connects, creates missing topics (idempotent; the partition count of the
 state topics must equal the input topics', so the worker checks it), builds the app
-(``streams.runtime.app``) and hands it to ``faust.Worker``, which owns signals and the
-event loop until the process stops.
+(``streams.runtime.app``) and hands it to Faust's worker, which owns the event loop
+until the process stops; SIGTERM and SIGINT stop it gracefully (``streams.runtime.stop``).
 """
 
 from __future__ import annotations
@@ -126,21 +126,24 @@ def run_worker(plan: WorkerPlan) -> None:
     Raises:
         ImgovError: topics could not be prepared, or the app could not be built.
     """
-    from faust.worker import Worker
-
     from streams.runtime.app import build_app
+    from streams.runtime.stop import GracefulStop, ImgovWorker
 
     if plan.worker.create_topics:
         ensure_worker_topics(plan)
     plan.worker.datadir.mkdir(parents=True, exist_ok=True)
     app = build_app(plan.worker, plan.governance, plan.kafka, plan.clickhouse)
     level = "warning" if plan.worker.log_level == "warn" else plan.worker.log_level
-    worker = Worker(app, loglevel=level, quiet=True)
+    stop = GracefulStop(app, plan.worker, plan.kafka)
+    worker = ImgovWorker(app, stop, loglevel=level, quiet=True)
     # Faust's start-up spinner sets the root logger to DEBUG (so that every record turns
     # it) for as long as the worker runs: every debug call of aiokafka and Faust then
     # builds a record, 7% of the worker's time in the live benchmark.
     worker.spinner = None
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    finally:
+        stop.leave_group()
 
 
 class WorkerError(ImgovError):

@@ -20,7 +20,7 @@ from clickhouse_driver import Client
 
 from streams.paths import REPO_ROOT
 from streams.runtime.topic_admin import TopicRole, TopicSpec, create_topics
-from tests.integration.test_live_harness import LiveEnv, create_database, drop_database
+from tests.integration.test_live_harness import LiveEnv, opened
 
 KAFKA_BOOTSTRAP = os.environ.get("IMGOV_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
 CLICKHOUSE_HOST = os.environ.get("IMGOV_CLICKHOUSE_HOST", "127.0.0.1")
@@ -189,12 +189,5 @@ def live_env6(kafka_bootstrap: str, clickhouse_writer: Client, tmp_path: Path) -
 
 
 def _live_env(env: LiveEnv) -> Iterator[LiveEnv]:
-    create_database(env.database)
-    create_database(env.offline_database)
-    env.create_topics()
-    try:
+    with opened(env):
         yield env
-    finally:
-        env.stop_all()
-        drop_database(env.database)
-        drop_database(env.offline_database)

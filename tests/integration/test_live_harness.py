@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,6 +148,42 @@ def produce(
         producer.flush(timeout=60)
     finally:
         producer.close()
+
+
+class RateProducer(threading.Thread):
+    """Produces ``messages`` in order at about ``rate`` per second, in the background."""
+
+    def __init__(
+        self, bootstrap: str, messages: list[tuple[str, bytes | None, bytes]], rate: float
+    ) -> None:
+        super().__init__(daemon=True, name="rate-producer")
+        self._servers = bootstrap
+        self._messages = messages
+        self._rate = rate
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        from kafka import KafkaProducer
+
+        try:
+            producer = KafkaProducer(bootstrap_servers=self._servers, acks="all", linger_ms=5)
+            start = time.monotonic()
+            for i, (topic, key, value) in enumerate(self._messages):
+                producer.send(topic, key=key, value=value)
+                ahead = start + i / self._rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+            producer.flush(timeout=60)
+            producer.close()
+        except BaseException as exc:
+            self.error = exc
+
+    def finish(self, timeout_s: float = 300) -> None:
+        """Waits until every message is produced; raises what the thread raised."""
+        self.join(timeout_s)
+        assert not self.is_alive(), "the producer did not finish"
+        if self.error is not None:
+            raise self.error
 
 
 def replay_into(database: str, path: Path) -> None:
@@ -300,6 +340,51 @@ class LiveEnv:
             consumer.close()
             admin.close()
 
+    def committed(self, group: str | None = None) -> dict[tuple[str, int], int]:
+        """The offsets ``group`` (the app's by default) has committed, per topic-partition."""
+        from kafka.admin import KafkaAdminClient
+
+        group = group or self.app_id
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
+        try:
+            offsets = admin.list_group_offsets(group).get(group, {})
+        finally:
+            admin.close()
+        return {(tp.topic, tp.partition): o.offset for tp, o in offsets.items() if o.offset >= 0}
+
+    def wait_for_progress(self, since: dict[tuple[str, int], int], timeout_s: float = 60) -> float:
+        """Waits until the group commits input beyond ``since``; returns when (monotonic)."""
+        inputs = set(self.topics.inputs)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.assert_alive()
+            try:
+                now = self.committed()
+            except Exception:
+                now = {}
+            if any(o > since.get(tp, 0) for tp, o in now.items() if tp[0] in inputs):
+                return time.monotonic()
+            time.sleep(0.1)
+        raise AssertionError(f"no input committed within {timeout_s} s\n{self.logs()}")
+
+    def kill_and_restart(self, rng: random.Random, kills: int = 3) -> list[float]:
+        """SIGKILLs the worker ``kills`` times at random moments while input flows.
+
+        Each time the worker runs 4-9 s, is killed, stays away 2-5 s and is started
+        again with the same state directory and app id. Returns, per restart, the
+        seconds from starting the process until the group committed new input.
+        """
+        resumed = []
+        for _ in range(kills):
+            time.sleep(rng.uniform(4.0, 9.0))
+            self.kill_worker()
+            time.sleep(rng.uniform(2.0, 5.0))
+            before = self.committed()
+            started = time.monotonic()
+            self.start_worker()
+            resumed.append(self.wait_for_progress(before) - started)
+        return resumed
+
     def fingerprint(self) -> tuple[Any, ...]:
         client = ch_client(self.database)
         try:
@@ -335,6 +420,20 @@ class LiveEnv:
                 return
             time.sleep(1)
         raise AssertionError(f"the worker did not settle in {timeout_s} s\n{self.logs()}")
+
+
+@contextmanager
+def opened(env: LiveEnv) -> Iterator[LiveEnv]:
+    """Creates the env's databases and topics; stops its workers and drops them after."""
+    create_database(env.database)
+    create_database(env.offline_database)
+    env.create_topics()
+    try:
+        yield env
+    finally:
+        env.stop_all()
+        drop_database(env.database)
+        drop_database(env.offline_database)
 
 
 def final_tables(database: str) -> dict[str, Any]:

@@ -68,6 +68,8 @@ class KpiBatch:
     """Contributions that reached closed windows (LATE_AFTER_WINDOW_CLOSED)."""
     applied: int = 0
     duplicates: int = 0
+    redelivered: int = 0
+    """Messages whose offsets were already applied (only the row table is repaired)."""
     closed: int = 0
     """Idle-close markers applied."""
 
@@ -156,7 +158,9 @@ class KpiStage:
             # only the row table is repaired (a crash may have lost row writes that
             # followed the snapshot in the changelog).
             replayed = message.offset in part.applied
-            if not replayed:
+            if replayed:
+                out.redelivered += 1
+            else:
                 part.applied.add(message.offset)
             control = message.header(CONTROL_HEADER)
             if control == CONTROL_WATERMARK:

@@ -7,6 +7,7 @@ and re-reads from earlier offsets after a checkpoint.
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import pytest
@@ -72,7 +73,7 @@ def test_any_delivery_order_records_exactly_the_offsets_delivered(offsets: list[
     assert [o for o in range(62) if o in applied] == sorted(set(offsets))
     ranges = applied.ranges
     assert all(start < end for start, end in ranges)
-    assert all(a[1] < b[0] for a, b in zip(ranges, ranges[1:], strict=False))  # disjoint, gaps
+    assert all(a[1] < b[0] for a, b in itertools.pairwise(ranges))  # disjoint, gaps
     assert AppliedOffsets.from_bytes("t[0]", applied.to_bytes()) == applied
 
 
@@ -80,9 +81,7 @@ def test_any_delivery_order_records_exactly_the_offsets_delivered(offsets: list[
 
 
 def _one_partition(count: int) -> list:
-    events = sorted(
-        sample_events(count, seed=17, end_ms=NOW_MS), key=lambda e: e.occurred_at_ms
-    )
+    events = sorted(sample_events(count, seed=17, end_ms=NOW_MS), key=lambda e: e.occurred_at_ms)
     return _messages(events, _codec(), partitions=1)  # offset = position
 
 

@@ -99,3 +99,48 @@ def test_invalid_governance_key_in_a_worker_file_names_the_file(tmp_path: Path) 
     config.write_text('[worker]\napp_id = "w"\n\n[kpi]\nno_such_option = 1\n')
     with pytest.raises(ConfigurationError, match=r"(?s)imgov\.toml\).*no_such_option"):
         plan_worker(config, demo=True)
+
+
+def test_static_membership_id_is_stable_per_state_directory(tmp_path: Path) -> None:
+    from streams.runtime.settings import WorkerSettings
+
+    one = WorkerSettings(app_id="gov", datadir=tmp_path / "w1")
+    assert (
+        one.group_instance_id
+        == WorkerSettings(app_id="gov", datadir=tmp_path / "w1").group_instance_id
+    )
+    other = WorkerSettings(app_id="gov", datadir=tmp_path / "w2")
+    assert one.group_instance_id != other.group_instance_id  # two workers on one host
+    assert one.group_instance_id is not None and one.group_instance_id.startswith("gov-")
+    kpi = WorkerSettings(app_id="gov", role="kpi", datadir=tmp_path / "w1")
+    assert kpi.group_instance_id is not None and kpi.group_instance_id.startswith("gov-kpi-")
+    assert WorkerSettings(instance_id="none").group_instance_id is None
+    assert WorkerSettings(instance_id="pod-0").group_instance_id == "pod-0"
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("[worker]\nsession_timeout_s = 5\n", "session_timeout_s"),
+        ("[worker]\nsession_timeout_s = 9\nheartbeat_interval_s = 4\n", "heartbeat_interval_s"),
+        ('[worker]\ninstance_id = "a b"\n', "instance_id"),
+        ("[worker]\nshutdown_timeout_s = 0\n", "shutdown_timeout_s"),
+    ],
+)
+def test_membership_and_stop_settings_are_checked(tmp_path: Path, text: str, named: str) -> None:
+    config = tmp_path / "imgov.toml"
+    config.write_text(text)
+    with pytest.raises(WorkerConfigError, match=named):
+        load_worker_settings(config)
+
+
+def test_membership_and_stop_settings_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("IMGOV_WORKER_SESSION_TIMEOUT_S", "45")
+    monkeypatch.setenv("IMGOV_WORKER_HEARTBEAT_INTERVAL_S", "5")
+    monkeypatch.setenv("IMGOV_WORKER_SHUTDOWN_TIMEOUT_S", "20")
+    monkeypatch.setenv("IMGOV_WORKER_LEAVE_GROUP_ON_STOP", "false")
+    settings = load_worker_settings()
+    assert (settings.session_timeout_s, settings.heartbeat_interval_s) == (45, 5)
+    assert settings.shutdown_timeout_s == 20 and not settings.leave_group_on_stop

@@ -1,0 +1,109 @@
+"""Restarts of the live worker on the real broker and ClickHouse (DESIGN §7).
+
+A worker killed with SIGKILL while input flows and restarted with the same state and
+app id resumes its own partitions within seconds (static group membership) and ends
+equal to the replay; a worker sent SIGTERM under load drains, commits and exits
+within its bound, and its restart re-processes nothing it had committed.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_live_harness import (
+    LiveEnv,
+    RateProducer,
+    assert_equal_to_replay,
+    ch_client,
+    encoded,
+    produce,
+    simulate,
+)
+
+pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
+
+RESUME_TARGET_S = 10.0
+WARM_UP = 100
+"""Messages produced before the rest, to see the worker running before it is stopped."""
+SHUTDOWN_BOUND_S = 30.0
+
+
+def test_kill_9_three_times_while_producing_resumes_fast_and_equals_replay(
+    live_env: LiveEnv, tmp_path: Path
+) -> None:
+    events_file = tmp_path / "events.jsonl"
+    messages = encoded(simulate(events_file, days=12, seed=43), live_env.topics)
+    live_env.start_worker()
+    produce(live_env.bootstrap, messages[:WARM_UP])
+    live_env.wait_for_progress({}, timeout_s=90)  # running: group joined, state ready
+    producer = RateProducer(live_env.bootstrap, messages[WARM_UP:], rate=len(messages) / 70)
+    producer.start()
+    resumed = live_env.kill_and_restart(random.Random(20261207), kills=3)
+    producer.finish()
+    print(f"resumed after restart in {', '.join(f'{s:.1f}' for s in resumed)} s")
+    live_env.wait_until_settled(timeout_s=240)
+    assert_equal_to_replay(live_env, events_file)
+    assert max(resumed) < RESUME_TARGET_S, f"resumed in {resumed} s\n{live_env.logs()}"
+
+
+def _processed_offsets(env: LiveEnv) -> dict[tuple[str, int], int]:
+    """One past the highest input offset whose event reached ``event_log``."""
+    client = ch_client(env.database)
+    try:
+        rows = client.execute(
+            "SELECT source_topic, source_partition, max(source_offset) + 1 FROM event_log"
+            " GROUP BY source_topic, source_partition"
+        )
+    finally:
+        client.disconnect()
+    return {(topic, partition): end for topic, partition, end in rows}
+
+
+def test_sigterm_under_load_drains_within_the_bound_and_restart_reprocesses_nothing(
+    live_env: LiveEnv, tmp_path: Path
+) -> None:
+    events_file = tmp_path / "events.jsonl"
+    messages = encoded(simulate(events_file, days=12, seed=47), live_env.topics)
+    proc = live_env.start_worker()
+    produce(live_env.bootstrap, messages[:WARM_UP])
+    live_env.wait_for_progress({}, timeout_s=90)
+    producer = RateProducer(live_env.bootstrap, messages[WARM_UP:], rate=len(messages) / 40)
+    producer.start()
+    time.sleep(10)
+    assert producer.is_alive(), "input must still be flowing at SIGTERM"
+    started = time.monotonic()
+    proc.terminate()
+    code = proc.wait(timeout=SHUTDOWN_BOUND_S + 30)
+    stopped_in = time.monotonic() - started
+    live_env.workers.pop("w1")
+    print(f"SIGTERM under load: exited {code} in {stopped_in:.1f} s")
+    assert code == 0, live_env.logs()
+    assert stopped_in < SHUTDOWN_BOUND_S, live_env.logs()
+    log = (tmp_path / "worker-w1.log").read_text(errors="replace")
+    assert "stopping gracefully" in log and "offsets committed" in log, log[-4000:]
+    assert "left group" in log, log[-4000:]
+
+    # Everything the worker processed is committed, and nothing beyond it: the
+    # restart reads exactly from where the stopped worker left off.
+    committed = live_env.committed()
+    processed = _processed_offsets(live_env)
+    assert processed, "the worker processed nothing before SIGTERM"
+    for source, end in processed.items():
+        assert committed.get(source) == end, (source, committed.get(source), end)
+
+    producer.finish()
+    live_env.start_worker()
+    live_env.wait_until_settled(timeout_s=240)
+    live_env.stop_worker()
+    log = (tmp_path / "worker-w1.log").read_text(errors="replace")
+    second_run = log[log.rindex("stopping gracefully") :]
+    skipped = re.search(r"(\d+) of them skipped as already applied", second_run)
+    kpi_skipped = re.search(r"(\d+) contributions skipped as already applied", second_run)
+    assert skipped and kpi_skipped, second_run
+    assert (int(skipped.group(1)), int(kpi_skipped.group(1))) == (0, 0), second_run
+    assert_equal_to_replay(live_env, events_file)
