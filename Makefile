@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 KAFKA      := infra/kafka/kafka.sh
 CLICKHOUSE := infra/clickhouse/clickhouse.sh
 
-.PHONY: help venv up down status test unit integration lint bench demo clean
+.PHONY: help venv up down status test unit integration lint bench soak demo clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -65,6 +65,10 @@ lint: venv ## Ruff, mypy (strict on the pure core and the contracts), the import
 
 bench: venv ## Run the benchmarks; results are appended to .imgov/bench/results.jsonl
 	@for b in tests/benchmarks/bench_*.py; do m=$${b%.py}; echo "== $$m"; $(BIN)/python -m $${m//\//.} || exit $$?; done
+
+ROUNDS ?= 10
+soak: venv up ## Kill -9 the live worker at random moments, ROUNDS times (default 10); not in CI
+	$(BIN)/python -m tests.integration.soak_restarts --rounds $(ROUNDS)
 
 demo: venv ## Simulate 90 days x 3 sites, replay into chDB (.imgov/demo), write .imgov/report.html
 	$(BIN)/imgov demo

@@ -12,6 +12,7 @@ from streams.cli.kpi import kpi_app
 from streams.cli.replay import replay_command
 from streams.cli.schemas import schemas_app
 from streams.cli.simulate import simulate
+from streams.cli.subscribe import subscribe_command
 from streams.cli.topics import topics_app
 from streams.cli.worker import worker_command
 
@@ -36,6 +37,7 @@ app.command("replay")(replay_command)
 app.command("demo")(demo_command)
 app.add_typer(audit_app, name="audit")
 app.add_typer(kpi_app, name="kpi")
+app.command("subscribe")(subscribe_command)
 
 
 def _print_version(value: bool) -> None:

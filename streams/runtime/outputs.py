@@ -5,10 +5,13 @@ key, value, headers). :class:`OutgoingMessage` is what a stage wants produced; t
 agents send them. Every output value is Confluent-framed Avro with a registered schema
 (``schemas.codec.Codec``); keys are UTF-8 text chosen so that a redelivery of the same
 record lands on the same partition and, for the compacted lineage topic, replaces it.
+KPI and breach messages carry their identity in the ``imgov.message-id`` header, for
+subscribers that drop repeats (delivery is at least once, DESIGN §7).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,12 +25,16 @@ __all__ = [
     "CONTROL_CLOSE",
     "CONTROL_HEADER",
     "CONTROL_WATERMARK",
+    "MESSAGE_ID_HEADER",
     "WATERMARK_HEADER",
     "InputMessage",
     "OutgoingMessage",
     "OutputEncoder",
+    "breach_message_id",
     "dead_letter_for_message",
+    "kpi_message_id",
     "kpi_partition_key",
+    "kpi_window_key",
     "lineage_key",
     "parse_watermark",
 ]
@@ -40,6 +47,10 @@ CONTROL_WATERMARK = b"watermark"
 """An upstream input partition's watermark; the value is in ``WATERMARK_HEADER``."""
 WATERMARK_HEADER = "imgov.watermark"
 """``<input partition>:<watermark ms>`` or ``<input partition>:idle`` (ASCII)."""
+
+MESSAGE_ID_HEADER = "imgov.message-id"
+"""The identity of a KPI or breach message: a subscriber drops a second message with an
+identity it has seen (a worker that crashed publishes again what it had not committed)."""
 
 MessageHeaders = tuple[tuple[str, bytes | None], ...]
 
@@ -81,6 +92,40 @@ def lineage_key(record: LineageRecord) -> str:
         separators=(",", ":"),
         ensure_ascii=False,
     )
+
+
+def kpi_window_key(v: KpiValue) -> str:
+    """The Kafka key of a KPI value: the KPI, its dimensions and its window."""
+    return "|".join(
+        (
+            v.kpi,
+            v.window_size,
+            v.site_id,
+            v.algorithm_name,
+            v.algorithm_version,
+            v.finding_code,
+            str(v.window_start_ms),
+        )
+    )
+
+
+def kpi_message_id(v: KpiValue, encoded: bytes) -> str:
+    """A KPI message's identity: ``<key>|final|<revision>`` or ``<key>|current|<digest>``.
+
+    A final value and each of its revisions are computed once, deterministically, so the
+    window and revision identify them. A current value is republished as the window
+    fills (always revision 1): its identity is a digest of its content, so only an
+    identical repeat is a duplicate.
+    """
+    key = kpi_window_key(v)
+    if v.final:
+        return f"{key}|final|{v.revision}"
+    return f"{key}|current|{hashlib.sha256(encoded).hexdigest()[:16]}"
+
+
+def breach_message_id(b: Breach) -> str:
+    """A breach message's identity: ``<breach_id>|OPEN`` or ``<breach_id>|RESOLVED``."""
+    return f"{b.breach_id}|{b.state.value}"
 
 
 def kpi_partition_key(record: LineageRecord) -> bytes:
@@ -177,29 +222,29 @@ class OutputEncoder:
 
     def kpis(self, values: Sequence[KpiValue]) -> list[OutgoingMessage]:
         topic = self._topics.kpi
-        return [
-            OutgoingMessage(
-                topic,
-                "|".join(
-                    (
-                        v.kpi,
-                        v.window_size,
-                        v.site_id,
-                        v.algorithm_name,
-                        v.algorithm_version,
-                        v.finding_code,
-                        str(v.window_start_ms),
-                    )
-                ).encode(),
-                self._codec.encode(v),
+        out = []
+        for v in values:
+            key = kpi_window_key(v)
+            value = self._codec.encode(v)
+            message_id = kpi_message_id(v, value).encode()
+            out.append(
+                OutgoingMessage(
+                    topic, key.encode(), value, None, ((MESSAGE_ID_HEADER, message_id),)
+                )
             )
-            for v in values
-        ]
+        return out
 
     def breaches(self, breaches: Sequence[Breach]) -> list[OutgoingMessage]:
         topic = self._topics.breach
         return [
-            OutgoingMessage(topic, b.breach_id.encode(), self._codec.encode(b)) for b in breaches
+            OutgoingMessage(
+                topic,
+                b.breach_id.encode(),
+                self._codec.encode(b),
+                None,
+                ((MESSAGE_ID_HEADER, breach_message_id(b).encode()),),
+            )
+            for b in breaches
         ]
 
     def watermarks(
