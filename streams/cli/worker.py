@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -45,7 +46,11 @@ def worker_command(
         typer.echo(f"imgov worker: {exc}", err=True)
         raise typer.Exit(2) from exc
     if check:
-        typer.echo(plan.worker.model_dump_json(indent=2))
+        shown = plan.worker.model_dump(mode="json")
+        # What the settings resolve to: the consumer group and static membership id.
+        shown["group_id"] = plan.worker.group_id
+        shown["group_instance_id"] = plan.worker.group_instance_id
+        typer.echo(json.dumps(shown, indent=2))
         return
     try:
         run_worker(plan)

@@ -127,12 +127,12 @@ class GroupProgress:
 class CommitStallGuard:
     """Re-reads a partition whose commit is stuck behind a message never delivered.
 
-    After some rebalances Faust delivers a partition's messages from beyond its
-    committed offset, so the message at the committed offset is never acknowledged and
-    (with ``faust_fixes``) nothing more is committed for that partition. When the same
-    partition is stuck on the same committed offset at two consecutive checks, it is
-    sought back to that offset: the redelivered messages are processed again, which
-    is idempotent (duplicates change no state), and commits resume.
+    The delivery race that left such gaps after a rebalance or a recovery is fixed in
+    Faust's consumer (``faust_fixes``, 3), so this is a backstop for one not known yet:
+    when a partition's acknowledged offsets stay beyond its committed offset at two
+    consecutive checks, it logs an error and seeks back to the committed offset. The
+    stages apply each offset exactly once (``streams.runtime.applied``), so the
+    re-read fills the gap and changes nothing else.
     """
 
     def __init__(self, app: faust.App, topics: tuple[str, ...]) -> None:
@@ -153,8 +153,11 @@ class CommitStallGuard:
                 stuck[tp] = committed
         for tp, committed in stuck.items():
             if self._suspects.get(tp) == committed and tp in consumer.assignment():
-                log.warning(
-                    "commits of %s stuck at offset %d: re-reading from there", tp, committed
+                log.error(
+                    "commits of %s stuck at offset %d, a message Faust never delivered:"
+                    " re-reading from there",
+                    tp,
+                    committed,
                 )
                 await consumer.seek(tp, committed)
         self._suspects = stuck

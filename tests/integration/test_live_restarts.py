@@ -8,14 +8,19 @@ within its bound, and its restart re-processes nothing it had committed.
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import re
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from streams.runtime.outputs import MESSAGE_ID_HEADER
 from tests.integration.test_live_harness import (
+    IMGOV,
     LiveEnv,
     RateProducer,
     assert_equal_to_replay,
@@ -49,6 +54,58 @@ def test_kill_9_three_times_while_producing_resumes_fast_and_equals_replay(
     live_env.wait_until_settled(timeout_s=240)
     assert_equal_to_replay(live_env, events_file)
     assert max(resumed) < RESUME_TARGET_S, f"resumed in {resumed} s\n{live_env.logs()}"
+    for stream, topic in (("kpis", live_env.topics.kpi), ("breaches", live_env.topics.breach)):
+        _assert_repeats_share_an_identity(live_env, stream, topic)
+
+
+def _read_all(env: LiveEnv, topic: str) -> list[tuple[bytes | None, bytes]]:
+    """(imgov.message-id, value) of every message of ``topic``, read with confluent-kafka."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": env.bootstrap,
+            "group.id": f"check-{env.suffix}-{topic}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    out: list[tuple[bytes | None, bytes]] = []
+    quiet_since = time.monotonic()
+    try:
+        while time.monotonic() - quiet_since < 5:
+            message = consumer.poll(0.5)
+            if message is None or message.error():
+                continue
+            quiet_since = time.monotonic()
+            headers = dict(message.headers() or ())
+            out.append((headers.get(MESSAGE_ID_HEADER), message.value()))
+    finally:
+        consumer.close()
+    return out
+
+
+def _assert_repeats_share_an_identity(env: LiveEnv, stream: str, topic: str) -> None:
+    """Every message has an identity, a repeated identity has the same bytes, and the
+    reference subscriber prints each identity once."""
+    messages = _read_all(env, topic)
+    assert messages and all(message_id for message_id, _ in messages), topic
+    values: dict[bytes | None, set[bytes]] = {}
+    for message_id, value in messages:
+        values.setdefault(message_id, set()).add(value)
+    assert [i for i, v in values.items() if len(v) > 1] == [], topic
+    printed = subprocess.run(
+        [IMGOV, "subscribe", stream, "--namespace", env.namespace, "--from-beginning",
+         "--idle-timeout-s", "5"],
+        env={**os.environ, "IMGOV_KAFKA_BOOTSTRAP": env.bootstrap},
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    lines = [json.loads(line) for line in printed.stdout.splitlines()]
+    assert sorted(line["message_id"] for line in lines) == sorted(i.decode() for i in values)
+    repeats = len(messages) - len(values)
+    assert f"{len(values)} printed, {repeats} repeats dropped" in printed.stderr
+    print(f"{topic}: {len(messages)} messages, {repeats} repeats (same identity, same bytes)")
 
 
 def _processed_offsets(env: LiveEnv) -> dict[tuple[str, int], int]:
