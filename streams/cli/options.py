@@ -1,4 +1,4 @@
-"""Options and helpers shared by the ``imgov`` commands that read the audit database."""
+"""Options and helpers shared by the ``imgov`` commands: the audit database, the broker."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from schemas.errors import ImgovError
 from sinks.clickhouse.settings import ClickHouseSettings
 from sinks.query import ChdbBackend, ClickHouseBackend, QueryBackend
 
-__all__ = ["ChdbOption", "DatabaseOption", "open_backend"]
+__all__ = ["BootstrapOption", "ChdbOption", "DatabaseOption", "open_backend"]
 
 ChdbOption = Annotated[
     Path | None,
@@ -29,6 +29,14 @@ DatabaseOption = Annotated[
     str | None,
     typer.Option(
         help="Database [default: $IMGOV_CLICKHOUSE_DATABASE or imgov]", show_default=False
+    ),
+]
+
+BootstrapOption = Annotated[
+    str | None,
+    typer.Option(
+        help="host:port of the broker [default: $IMGOV_KAFKA_BOOTSTRAP or 127.0.0.1:19092]",
+        show_default=False,
     ),
 ]
 

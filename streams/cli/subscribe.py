@@ -22,6 +22,7 @@ import typer
 from schemas.codec import Codec
 from schemas.records import Breach, KpiValue
 from schemas.registry import registry_from_environ
+from streams.cli.options import BootstrapOption
 from streams.runtime.outputs import MESSAGE_ID_HEADER
 from streams.runtime.settings import KafkaSettings
 from streams.topics import WorkerTopics
@@ -65,13 +66,7 @@ def _message_id(headers: list[tuple[str, bytes]] | None) -> bytes | None:
 
 def subscribe_command(
     stream: Annotated[Stream, typer.Argument(help="What to read: breaches or kpis.")],
-    bootstrap: Annotated[
-        str | None,
-        typer.Option(
-            help="host:port of the broker [default: $IMGOV_KAFKA_BOOTSTRAP or 127.0.0.1:19092]",
-            show_default=False,
-        ),
-    ] = None,
+    bootstrap: BootstrapOption = None,
     namespace: Annotated[
         str, typer.Option(help="The workers' topic namespace, if they have one.")
     ] = "",

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from streams.cli.options import BootstrapOption
 from streams.runtime.settings import KafkaSettings
 from streams.runtime.topic_admin import (
     CreationStatus,
@@ -52,13 +53,7 @@ def _results_table(results: tuple[TopicCreation, ...] | list[TopicCreation]) -> 
 
 @topics_app.command("create")
 def create(
-    bootstrap: Annotated[
-        str | None,
-        typer.Option(
-            help="host:port of the broker [default: $IMGOV_KAFKA_BOOTSTRAP or 127.0.0.1:19092]",
-            show_default=False,
-        ),
-    ] = None,
+    bootstrap: BootstrapOption = None,
     file: Annotated[
         Path | None,
         typer.Option(

@@ -18,9 +18,8 @@ from schemas.validation import EventValidator
 from tests.integration.test_live_harness import (
     LiveEnv,
     ch_client,
-    create_database,
-    drop_database,
     encoded,
+    opened,
     produce,
     simulate,
 )
@@ -30,14 +29,8 @@ pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 
 @pytest.fixture
 def live_env(kafka_bootstrap: str, clickhouse_writer: object, tmp_path: Path) -> Iterator[LiveEnv]:
-    env = LiveEnv(kafka_bootstrap, tmp_path)
-    create_database(env.database)
-    env.create_topics()
-    try:
+    with opened(LiveEnv(kafka_bootstrap, tmp_path)) as env:
         yield env
-    finally:
-        env.stop_all()
-        drop_database(env.database)
 
 
 def _read_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 60) -> list[bytes]:

@@ -71,6 +71,12 @@ BREACH_COLUMNS = (
 )
 
 
+def clickhouse_service(command: str) -> None:
+    """Runs ``infra/clickhouse/clickhouse.sh <command>`` (start, stop) for an outage."""
+    script = REPO_ROOT / "infra" / "clickhouse" / "clickhouse.sh"
+    subprocess.run(["bash", str(script), command], check=True, capture_output=True, timeout=120)
+
+
 def ch_client(database: str = "system") -> Client:
     return Client(
         host="127.0.0.1",

@@ -9,24 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from streams.paths import REPO_ROOT
 from tests.integration.test_live_harness import (
     LiveEnv,
     assert_equal_to_replay,
+    clickhouse_service,
     encoded,
     produce,
     simulate,
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
-
-CLICKHOUSE_SCRIPT = REPO_ROOT / "infra" / "clickhouse" / "clickhouse.sh"
-
-
-def _clickhouse(command: str) -> None:
-    subprocess.run(
-        ["bash", str(CLICKHOUSE_SCRIPT), command], check=True, capture_output=True, timeout=120
-    )
 
 
 def test_clickhouse_down_20s_mid_stream(live_env: LiveEnv, tmp_path: Path) -> None:
@@ -36,13 +28,13 @@ def test_clickhouse_down_20s_mid_stream(live_env: LiveEnv, tmp_path: Path) -> No
     live_env.start_worker()
     produce(live_env.bootstrap, messages[:half])
     time.sleep(4)
-    _clickhouse("stop")
+    clickhouse_service("stop")
     try:
         produce(live_env.bootstrap, messages[half:])
         time.sleep(20)
         live_env.assert_alive()
     finally:
-        _clickhouse("start")
+        clickhouse_service("start")
     live_env.wait_until_settled(timeout_s=240)
     assert_equal_to_replay(live_env, events_file)
 

@@ -25,6 +25,7 @@ from tests.integration.test_live_harness import (
     RateProducer,
     assert_equal_to_replay,
     ch_client,
+    clickhouse_service,
     encoded,
     produce,
     simulate,
@@ -163,4 +164,36 @@ def test_sigterm_under_load_drains_within_the_bound_and_restart_reprocesses_noth
     kpi_skipped = re.search(r"(\d+) contributions skipped as already applied", second_run)
     assert skipped and kpi_skipped, second_run
     assert (int(skipped.group(1)), int(kpi_skipped.group(1))) == (0, 0), second_run
+    assert_equal_to_replay(live_env, events_file)
+
+
+def test_sigterm_while_clickhouse_is_down_exits_at_the_bound_and_loses_nothing(
+    live_env: LiveEnv, tmp_path: Path
+) -> None:
+    bound_s = 8.0
+    live_env.extra_env["IMGOV_WORKER_SHUTDOWN_TIMEOUT_S"] = str(bound_s)
+    events_file = tmp_path / "events.jsonl"
+    messages = encoded(simulate(events_file, seed=53), live_env.topics)
+    half = len(messages) // 2
+    proc = live_env.start_worker()
+    produce(live_env.bootstrap, messages[:half])
+    live_env.wait_for_progress({}, timeout_s=90)
+    clickhouse_service("stop")
+    try:
+        produce(live_env.bootstrap, messages[half:])
+        time.sleep(3)  # a batch now waits for ClickHouse, offsets held
+        started = time.monotonic()
+        proc.terminate()
+        code = proc.wait(timeout=bound_s + 30)
+        stopped_in = time.monotonic() - started
+        live_env.workers.pop("w1")
+    finally:
+        clickhouse_service("start")
+    print(f"SIGTERM with ClickHouse down: exited {code} in {stopped_in:.1f} s")
+    log = (tmp_path / "worker-w1.log").read_text(errors="replace")
+    assert code == 1, log[-4000:]
+    assert bound_s <= stopped_in < bound_s + 5, log[-4000:]
+    assert "graceful stop did not finish within 8 s" in log, log[-4000:]
+    live_env.start_worker()  # what was not committed is read again
+    live_env.wait_until_settled(timeout_s=240)
     assert_equal_to_replay(live_env, events_file)

@@ -13,7 +13,7 @@ from schemas.registry import registry_from_environ
 from streams.core.kpi.aggregator import KpiAggregator
 from streams.core.pipeline import GovernanceProcessor
 from streams.governance import build_pseudonymiser, lineage_config, load_settings
-from streams.runtime.outputs import InputMessage, OutputEncoder, lineage_key
+from streams.runtime.outputs import InputMessage, OutputEncoder, kpi_window_key, lineage_key
 from streams.runtime.staged_store import DictPartitionedStore, StagedMapping
 from streams.runtime.stages import KpiStage, LineageStage
 from streams.topics import WorkerTopics
@@ -96,25 +96,12 @@ def _kpi_stage(store: DictPartitionedStore, *, on_demand: bool = False) -> KpiSt
     )
 
 
-def _finals(values: list[KpiValue]) -> dict[tuple, KpiValue]:
-    out = {}
-    for v in values:
-        if v.final:
-            out[
-                (
-                    v.kpi,
-                    v.window_size,
-                    v.site_id,
-                    v.algorithm_name,
-                    v.algorithm_version,
-                    v.finding_code,
-                    v.window_start_ms,
-                )
-            ] = v
-    return out
+def _finals(values: list[KpiValue]) -> dict[str, KpiValue]:
+    """The last final value of each window (its latest revision)."""
+    return {kpi_window_key(v): v for v in values if v.final}
 
 
-def _contributions_log() -> tuple[list[InputMessage], dict[tuple, KpiValue]]:
+def _contributions_log() -> tuple[list[InputMessage], dict[str, KpiValue]]:
     """A contributions log as the lineage stage writes it, and the finals of replay.
 
     The events are read from three input partitions, batch by batch; after each batch
@@ -149,7 +136,7 @@ def _contributions_log() -> tuple[list[InputMessage], dict[tuple, KpiValue]]:
     return log, reference
 
 
-def _without_revision(values: dict[tuple, KpiValue]) -> dict[tuple, dict]:
+def _without_revision(values: dict[str, KpiValue]) -> dict[str, dict]:
     return {k: v.model_dump(exclude={"revision"}) for k, v in values.items()}
 
 
