@@ -56,6 +56,7 @@ from streams.paths import REPO_ROOT
 __all__ = [
     "DEFAULT_ELIGIBILITY",
     "DEFAULT_POLICY",
+    "DEMO_SETTINGS",
     "ConfigurationError",
     "GovernanceSettings",
     "build_breach_evaluator",
@@ -69,15 +70,13 @@ __all__ = [
 
 DEFAULT_POLICY = REPO_ROOT / "infra" / "policy" / "breach_policy.toml"
 
-DEFAULT_ELIGIBILITY: tuple[AlgorithmEligibility, ...] = (
-    AlgorithmEligibility(
-        algorithm_name="ich-detect", finding_code="ICH", modality="CT", body_parts=("HEAD",)
-    ),
-    AlgorithmEligibility(
-        algorithm_name="pe-detect", finding_code="PE", modality="CT", body_parts=("CHEST",)
-    ),
-)
-"""The algorithms of the synthetic clinic: ICH on head CT, PE on CT of the chest."""
+DEFAULT_ELIGIBILITY: tuple[AlgorithmEligibility, ...] = ()
+"""No coverage expectations unless the operator declares them (``[[eligibility]]``):
+coverage is the share of the studies an algorithm is configured to read that it read,
+and only the operator knows which those are."""
+
+DEMO_SETTINGS = REPO_ROOT / "infra" / "demo" / "governance.toml"
+"""The settings of the synthetic clinic ``imgov demo`` simulates (its eligibility)."""
 
 
 class ConfigurationError(ImgovError):

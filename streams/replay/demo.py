@@ -41,6 +41,7 @@ from sinks.jsonl import JsonLinesSink
 from sinks.tee import TeeSink
 from streams.core.pipeline import GovernanceProcessor
 from streams.governance import (
+    DEMO_SETTINGS,
     GovernanceSettings,
     build_processor,
     build_pseudonymiser,
@@ -180,10 +181,13 @@ def replay_chunk_size(events: int, days: int) -> int:
 def demo_settings(config: Path | None = None) -> GovernanceSettings:
     """Returns the governance settings of the demo: demo key, final KPI values only.
 
+    Without ``config``, those of the synthetic clinic (``infra/demo/governance.toml``:
+    which studies its two algorithms are configured to read).
+
     Current (provisional) KPI values would only add volume to an offline replay whose
     event time runs at thousands of days per hour.
     """
-    settings = load_settings(config, demo=True)
+    settings = load_settings(config or DEMO_SETTINGS, demo=True)
     kpi = settings.kpi.model_copy(update={"emit_interval_ms": None})
     return settings.model_copy(update={"kpi": kpi})
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from sinks.jsonl import FILE_NAMES, JsonLinesSink
-from streams.governance import build_processor, build_validator, load_settings
+from streams.governance import DEMO_SETTINGS, build_processor, build_validator, load_settings
 from streams.replay.driver import replay
 
 HERE = Path(__file__).resolve().parent
@@ -30,7 +30,7 @@ REPO = HERE.parents[1]
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("golden")
-    settings = load_settings(demo=True)
+    settings = load_settings(DEMO_SETTINGS, demo=True)  # the synthetic clinic's coverage
     settings = settings.model_copy(
         update={"kpi": settings.kpi.model_copy(update={"emit_interval_ms": None})}
     )

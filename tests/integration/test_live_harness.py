@@ -38,7 +38,7 @@ from sinks.clickhouse.migrate import migrate
 from sinks.clickhouse.settings import ClickHouseSettings
 from sinks.clickhouse.writer import ClickHouseSink
 from sinks.query import ClickHouseBackend
-from streams.governance import build_processor, build_validator, load_settings
+from streams.governance import DEMO_SETTINGS, build_processor, build_validator, load_settings
 from streams.paths import REPO_ROOT
 from streams.replay.driver import replay
 from streams.topics import WorkerTopics
@@ -194,7 +194,7 @@ class RateProducer(threading.Thread):
 
 def replay_into(database: str, path: Path) -> None:
     """The offline reference: ``replay`` of the same input into ``database``."""
-    settings = load_settings(demo=True)
+    settings = load_settings(DEMO_SETTINGS, demo=True)
     sink = ClickHouseSink.from_settings(ClickHouseSettings(database=database))
     try:
         replay(
@@ -271,7 +271,7 @@ class LiveEnv:
         ensure_worker_topics(
             WorkerPlan(
                 worker,
-                load_settings(demo=True),
+                load_settings(DEMO_SETTINGS, demo=True),
                 KafkaSettings(bootstrap=self.bootstrap),
                 ClickHouseSettings(database=self.database),
             )
@@ -283,7 +283,7 @@ class LiveEnv:
         if role == "kpi":
             self.kpi_group = f"{self.app_id}-kpi"
         proc = subprocess.Popen(
-            [IMGOV, "worker", "--demo"],
+            [IMGOV, "worker", "--demo", "--config", str(DEMO_SETTINGS)],
             cwd=REPO_ROOT,
             env={**self.worker_env(name), "IMGOV_WORKER_ROLE": role},
             stdout=log,

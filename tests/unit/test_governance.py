@@ -17,7 +17,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from streams.core.lineage.config import MIN_PSEUDONYM_KEY_BYTES
+from streams.core.lineage.config import MIN_PSEUDONYM_KEY_BYTES, AlgorithmEligibility
 from streams.core.lineage.pseudonym import IdentifierKind
 from streams.governance import (
     ConfigurationError,
@@ -234,3 +234,36 @@ def test_malformed_variable_is_refused_without_the_key() -> None:
     with pytest.raises(ConfigurationError, match="IMGOV_PSEUDONYM_KEY") as raised:
         key_from_variable(value)
     assert_no_key_material(str(raised.value), value.encode())
+
+
+def test_coverage_expectations_come_only_from_the_operators_configuration() -> None:
+    """No algorithm is expected by default: a stream of any algorithm gets no
+    NO_AI_RESULT rows, so its coverage is that of the studies it did read (100%) and no
+    coverage breach can open, until the operator declares what each algorithm should
+    read (the demo's file declares its clinic's)."""
+    from schemas.corpus import sample_events
+    from schemas.records import Outcome
+    from streams.governance import DEMO_SETTINGS, build_processor, load_settings
+
+    assert load_settings(demo=True).eligibility == ()
+    events = sample_events(400, seed=9, end_ms=1_760_000_000_000)
+    default = build_processor(load_settings(demo=True))
+    out = default.process(events)
+    out.kpis += default.close().kpis
+    assert not [r for r in out.lineage if r.outcome is Outcome.NO_AI_RESULT]
+    coverage = [v.value for v in out.kpis if v.kpi == "coverage" and v.value is not None]
+    assert coverage and set(coverage) == {1.0}
+
+    demo = load_settings(DEMO_SETTINGS, demo=True)
+    assert {e.algorithm_name for e in demo.eligibility} == {"ich-detect", "pe-detect"}
+    # An operator declares an algorithm that never ran on these head CTs.
+    never_ran = AlgorithmEligibility(
+        algorithm_name="never-ran", finding_code="ICH", modality="CT", body_parts=("HEAD",)
+    )
+    clinic = build_processor(demo.model_copy(update={"eligibility": (never_ran,)}))
+    out = clinic.process(events)
+    out.kpis += clinic.close().kpis
+    assert {r.algorithm_name for r in out.lineage if r.outcome is Outcome.NO_AI_RESULT} == {
+        "never-ran"
+    }
+    assert [v for v in out.kpis if v.kpi == "coverage" and v.value == 0.0]

@@ -40,6 +40,12 @@ Definitions beyond the table, chosen here:
 - report_tat_ai_positive / _negative: ``report_tat_ms`` by AI result POSITIVE / NEGATIVE.
 - addendum_rate: rows whose final report got an addendum / rows with a final report;
   ``_concordant`` restricts both to TP + TN, ``_discordant`` to FP + FN.
+- durations (time_to_result, time_to_alert, time_to_response, report turnaround): p50
+  and p90 by *nearest rank*, the smallest duration such that at least 50% (90%) of the
+  window's durations are at or below it (rank ``ceil(p * n)`` of ``n``), given within
+  1% (the log-bucket representative, ``stats.quantiles``); ``value`` is the p50 and
+  ``denominator`` the number of durations. A p90 of 15 minutes therefore means that at
+  least 90% of the studies took 15 minutes or less, however few they were.
 """
 
 from __future__ import annotations

@@ -8,9 +8,10 @@ Duration buckets follow the DDSketch construction (Masson et al., VLDB 2019): a 
 duration ``d`` goes to bucket ``k = ceil(log_gamma(d))``, i.e. ``(gamma^(k-1), gamma^k]``,
 whose representative ``2 gamma^k / (gamma + 1)`` is within ``(gamma - 1) / (gamma + 1)``
 of every value in it: 0.99 % for the default ``gamma = 1.02``. A quantile returns the
-representative of the bucket holding the sample of that rank, so it is within that
-relative error of the exact sample quantile. Counts live in a plain ``dict`` from bucket
-key to count, so adding, removing and merging are dictionary updates.
+representative of the bucket holding the sample of that rank (nearest rank, see
+``quantiles``), so it is within that relative error of the exact sample quantile.
+Counts live in a plain ``dict`` from bucket key to count, so adding, removing and
+merging are dictionary updates.
 
 Durations are integer milliseconds. Zero and negative durations (clock skew between
 systems, kept visible by the join) get buckets of their own: key 0 holds exact zeros,
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
+from fractions import Fraction
 from typing import TypeAlias
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "bucket_key",
     "bucket_value",
     "merge_counts",
+    "nearest_rank",
     "quantiles",
     "relative_accuracy",
     "subtract_counts",
@@ -105,13 +108,27 @@ def bucket_value(key: int, gamma: float) -> float:
     return magnitude if key > 0 else -magnitude
 
 
+def nearest_rank(q: float, n: int) -> int:
+    """The 1-based rank of the ``q`` quantile of ``n`` samples: ``max(1, ceil(q * n))``.
+
+    Computed on the fraction ``q`` stands for (0.9 is 9/10), so that ``0.9 * 10`` is the
+    rank 9 it means, not the 10 its binary rounding would give.
+    """
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"quantile {q} outside [0, 1]")
+    return max(1, math.ceil(Fraction(q).limit_denominator(1_000_000) * n))
+
+
 def quantiles(
     counts: Mapping[int, int], qs: Iterable[float], gamma: float
 ) -> tuple[float, ...] | None:
     """Returns quantiles of bucketed durations, or None when there is no sample.
 
-    The quantile ``q`` of ``n`` samples is the sample of rank ``floor(q * (n - 1))``
-    (0-based, lower nearest rank), approximated by its bucket's representative.
+    The quantile ``q`` of ``n`` samples is by *nearest rank*: the smallest sample such
+    that at least ``q`` of the samples are at or below it, the sample of 1-based rank
+    ``max(1, ceil(q * n))``, given as its bucket's representative (within the relative
+    accuracy). So a p90 of two samples is the larger one: 90% of them are at or below
+    it, as a p90 turnaround promises.
 
     Args:
         counts: bucket key -> number of samples (not negative).
@@ -122,7 +139,7 @@ def quantiles(
     if total <= 0:
         return None
     # One pass over the sorted keys for all quantiles, lowest rank first.
-    wanted = sorted((math.floor(q * (total - 1)), i) for i, q in enumerate(qs))
+    wanted = sorted((nearest_rank(q, total) - 1, i) for i, q in enumerate(qs))
     out = [0.0] * len(wanted)
     w = 0
     seen = 0

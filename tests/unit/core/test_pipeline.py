@@ -7,7 +7,7 @@ from schemas.records import KpiValue
 from streams.core.kpi.config import KpiConfig
 from streams.core.lineage.config import LineageConfig
 from streams.core.pipeline import GovernanceProcessor
-from streams.governance import DEFAULT_ELIGIBILITY
+from streams.governance import DEMO_SETTINGS, load_settings
 from streams.simulate.config import SimulationConfig
 from streams.simulate.run import run_simulation
 from tests.unit.core.kpi.test_batch import window_key
@@ -15,7 +15,7 @@ from tests.unit.core.kpi.test_batch import window_key
 
 def _final_kpis(events: list[Event], chunk: int) -> dict[tuple[object, ...], KpiValue]:
     processor = GovernanceProcessor(
-        LineageConfig(demo=True, eligibility=DEFAULT_ELIGIBILITY),
+        LineageConfig(demo=True, eligibility=load_settings(DEMO_SETTINGS).eligibility),
         KpiConfig(emit_interval_ms=None),
     )
     values: list[KpiValue] = []

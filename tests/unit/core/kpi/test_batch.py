@@ -363,7 +363,8 @@ def batch_kpis(
         elif isinstance(value, list):
             ordered = sorted(value)
             n = len(ordered)
-            p50, p90 = ordered[math.floor(0.5 * (n - 1))], ordered[math.floor(0.9 * (n - 1))]
+            # Nearest rank: the smallest sample with at least that share at or below it.
+            p50, p90 = ordered[(n + 1) // 2 - 1], ordered[max(1, -(-9 * n // 10)) - 1]
             out[key] = {"denominator": n, "p50": p50, "p90": p90, "value": p50}
         else:
             num, den = value

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+from fractions import Fraction
 
 import pytest
 from hypothesis import given
@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from streams.core.kpi.stats import (
     DEFAULT_GAMMA,
     LogBuckets,
+    nearest_rank,
     quantiles,
     relative_accuracy,
     wilson_interval,
@@ -69,8 +70,28 @@ def test_wilson_refuses_nonsense(k: int, n: int) -> None:
 
 
 def _exact(samples: list[int], q: float) -> int:
-    ordered = sorted(samples)
-    return ordered[math.floor(q * (len(ordered) - 1))]
+    """The definition itself: the smallest sample with at least ``q`` of the samples at
+    or below it (exact fractions, no rank formula)."""
+    share = Fraction(str(q))
+    n = len(samples)
+    return min(x for x in samples if sum(1 for s in samples if s <= x) >= share * n)
+
+
+@pytest.mark.parametrize(
+    ("q", "n", "rank"),
+    [(0.9, 2, 2), (0.9, 10, 9), (0.9, 11, 10), (0.5, 2, 1), (0.5, 3, 2), (0.0, 5, 1),
+     (1.0, 5, 5), (0.99, 100, 99), (0.9, 1, 1)],
+)  # fmt: skip
+def test_nearest_rank_by_hand(q: float, n: int, rank: int) -> None:
+    assert nearest_rank(q, n) == rank
+
+
+def test_p90_of_two_turnarounds_is_the_longer_one() -> None:
+    buckets = LogBuckets()
+    for minutes in (5, 15):
+        buckets.add(minutes * 60_000)
+    p90 = buckets.quantile(0.9)
+    assert p90 is not None and abs(p90 - 15 * 60_000) <= 0.01 * 15 * 60_000
 
 
 durations = st.one_of(
