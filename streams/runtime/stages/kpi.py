@@ -1,22 +1,22 @@
 """The KPI stage of the live worker, reading the contributions topic.
 
-Per contributions partition, one ``KpiAggregator``, one
-``BreachEvaluator`` and one watermark per *upstream* input partition, taken from the
-watermark records the lineage stages send to every contributions partition after the
-contributions they cover: a window closes only once every upstream partition (idle
-ones left out) has passed its end, with one worker or several. Contributions that
-still reach a closed window become LATE_AFTER_WINDOW_CLOSED dead letters. For each
-contribution it retracts the revision *it* applied last for that lineage row (kept in
-its own row table) and adds the new one; a revision not newer than the one applied is
-a redelivery and is ignored. Close markers close every window (idle close). Current
-values come from ``emit_current``, paced by the caller. At each checkpoint
-(``take_writes``; the worker takes one every few seconds, not every batch) the
-aggregator, evaluator and upstream watermarks of every touched partition are
-snapshotted (pickle), with the offsets applied (``AppliedOffsets``: ranges, so a gap
-in delivery is applied when it comes), into the snapshot table; on reassignment they
-are loaded from it. A contribution is skipped as applied only when its own offset is
-recorded.
-The contributions log replayed from the last committed offset (never past the
+Per contributions partition, one ``KpiAggregator``, one ``BreachEvaluator`` and one
+watermark per *upstream* input partition, taken from the watermark records the lineage
+stages send to every contributions partition after the contributions they cover: a
+window closes only once every upstream partition (idle ones left out) has passed its
+end, with one worker or several. Contributions that still reach a closed window become
+LATE_AFTER_WINDOW_CLOSED dead letters. For each contribution it retracts the revision
+*it* applied last for that lineage row (kept in its own row table) and adds the new one;
+an older revision, or the same revision with the same hash, is a redelivery and is
+ignored (the same revision with another hash is the lineage stage's last batch
+recomputed after a crash, and replaces it). Close markers close every window (idle
+close). Current values come from ``emit_current``, paced by the caller. At each
+checkpoint (``take_writes``; the worker takes one every few seconds, not every batch)
+the aggregator, evaluator and upstream watermarks of every touched partition are
+snapshotted (pickle), with the offsets applied (``AppliedOffsets``: ranges, so a gap in
+delivery is applied when it comes), into the snapshot table; on reassignment they are
+loaded from it. A contribution is skipped as applied only when its own offset is
+recorded. The contributions log replayed from the last committed offset (never past the
 snapshot: offsets are committed only after it) onto the last snapshot yields the same
 final outputs again: per-record processing does not depend on batch boundaries, so
 recovery is deterministic.
@@ -179,9 +179,16 @@ class KpiStage:
             key = lineage_key(new)
             raw_old = self.rows.get(key)
             old = None if raw_old is None else self._codec.decode(raw_old, LineageRecord)
-            if old is not None and old.revision >= new.revision:
+            if old is not None and (
+                old.revision > new.revision
+                or (old.revision == new.revision and old.record_hash == new.record_hash)
+            ):
                 out.duplicates += 1
                 continue
+            # The same revision with other content is not a duplicate: the lineage stage
+            # re-ran its last batch after a crash (its state never saw the first run),
+            # cut differently, so that revision now holds more events. It replaces the
+            # one applied, as a newer revision would.
             self.rows.use_partition(message.partition)
             self.rows[key] = message.value
             if replayed:

@@ -327,3 +327,49 @@ def test_offsets_skipped_by_delivery_are_applied_when_they_come_after_all() -> N
     stage = _kpi_stage(store)  # a rebalance: reloaded from the snapshot
     emitted += stage.process(log[gap.start :]).kpis  # the guard re-reads from the gap
     assert _without_revision(_finals(emitted)) == _without_revision(reference)
+
+
+def test_a_revision_recomputed_after_a_crash_replaces_the_one_applied() -> None:
+    """The lineage stage's last batch re-runs after a crash, cut differently: a row gets
+    the same revision number with more events. The KPI stage counts the new content."""
+    settings = load_settings(demo=True)
+    codec = _codec()
+    events = sorted(sample_events(300, seed=5, end_ms=NOW_MS), key=lambda e: e.occurred_at_ms)
+    processor = GovernanceProcessor(lineage_config(settings), settings.kpi, None)
+    reference = _finals(processor.process(events).kpis + processor.close().kpis)
+
+    messages = _messages(events, codec, partitions=1)
+    cut, crash = int(len(messages) * 0.6), int(len(messages) * 0.7)
+    store = DictPartitionedStore()
+    stage = _lineage_stage(store)
+    stage.assign([0])
+    done = stage.process(messages[:cut])
+    stage.state.commit()
+    first_run = stage.process(messages[cut:crash])  # produced, then kill -9: no state
+    restarted = _lineage_stage(store)
+    restarted.rebuild()
+    restarted.assign([0])
+    second_run = restarted.process(messages[cut:])  # redelivered with what came since
+    first = {lineage_key(r): r for r in first_run.lineage}
+    recomputed = [
+        r
+        for r in second_run.lineage
+        if lineage_key(r) in first
+        and first[lineage_key(r)].revision == r.revision
+        and first[lineage_key(r)].record_hash != r.record_hash
+    ]
+    assert recomputed, "the scenario needs a revision recomputed with other content"
+
+    encoder = OutputEncoder(codec, TOPICS)
+    contributions = (
+        encoder.contributions(done.lineage)
+        + encoder.contributions(first_run.lineage)
+        + encoder.contributions(second_run.lineage)
+        + encoder.close_markers(1)
+    )
+    log = [
+        InputMessage(TOPICS.contributions, 0, off, m.key, m.value, m.headers)
+        for off, m in enumerate(contributions)
+    ]
+    emitted = _kpi_stage(DictPartitionedStore()).process(log).kpis
+    assert _without_revision(_finals(emitted)) == _without_revision(reference)
