@@ -13,7 +13,7 @@ from html import escape
 from typing import Any
 
 from schemas.units import format_day, format_minute
-from streams.core.kpi.breach import BreachRule, RuleKind
+from streams.core.kpi.breach import BreachRule, Evidence, RuleKind
 from streams.report.charts import (
     discordance_chart,
     psi_chart,
@@ -373,7 +373,10 @@ def _rule_test(rule: BreachRule) -> str:
     if rule.kind is RuleKind.BASELINE:
         return f"above the upper 95% bound of the first {rule.baseline_days} days" + floor
     stat = "" if rule.statistic == "value" else f"{rule.statistic} "
-    return f"{stat}{rule.comparator} {_as_written(rule.threshold)}" + floor
+    test = f"{stat}{rule.comparator} {_as_written(rule.threshold)}"
+    if rule.evidence is Evidence.INTERVAL:
+        test += f", its one-sided {rule.confidence:.0%} Wilson bound too"
+    return test + floor
 
 
 # The policy model holds every threshold as a float: print 900000, not 900000.0, as the

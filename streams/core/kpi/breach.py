@@ -15,6 +15,18 @@ The policy is a versioned TOML file (``infra/policy/breach_policy.toml``)::
     open_after = 1              # consecutive breaching final windows to open
     resolve_after = 3           # consecutive healthy final windows to resolve
     scope = "site"              # which series (below)
+    evidence = "interval"       # proportions: the Wilson bound must cross (below)
+    confidence = 0.95           # of that one-sided bound
+
+A threshold rule on a proportion can decide on evidence rather than on the point
+estimate (``evidence = "interval"``): a window is breaching only when its one-sided
+Wilson bound at ``confidence`` (default 0.95) is past the threshold (the lower bound
+above it for ``>``/``>=``, the upper bound below it for ``<``/``<=``), healthy when its
+value is not past it, and neutral in between, where the cases cannot tell. Against a
+5 % failure limit, 2 failures of 39 are then no breach (one-sided 95 % lower bound
+1.7 %), 5 of 39 are (6.4 %).
+With ``evidence = "value"`` (the default, and all a version 1 policy knows) the value
+alone decides.
 
 A rule of ``kind = "baseline"`` compares each window with the upper Wilson 95 % bound
 of the series' own baseline instead of a fixed threshold: the pooled numerator and
@@ -53,13 +65,14 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from statistics import NormalDist
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.records import Breach, BreachState, KpiValue, Severity
 from schemas.units import DAY_MS, format_utc
-from streams.core.kpi.catalogue import KPI_BY_NAME
+from streams.core.kpi.catalogue import KPI_BY_NAME, KpiKind
 from streams.core.kpi.stats import wilson_interval
 from streams.core.kpi.windows import WINDOW_SPEC_BY_NAME
 
@@ -68,6 +81,7 @@ __all__ = [
     "BreachPolicy",
     "BreachRule",
     "Comparator",
+    "Evidence",
     "RuleKind",
     "Scope",
     "breach_id",
@@ -96,6 +110,13 @@ class RuleKind(StrEnum):
     """Compare with a fixed ``threshold``."""
     BASELINE = "baseline"
     """Breaching when above the upper Wilson 95 % bound of the series' baseline."""
+
+
+class Evidence(StrEnum):
+    VALUE = "value"
+    """The value (or statistic) alone decides."""
+    INTERVAL = "interval"
+    """The one-sided Wilson bound at ``confidence`` must cross the threshold."""
 
 
 class Scope(StrEnum):
@@ -138,6 +159,8 @@ class BreachRule(BaseModel):
     scope: Scope = Scope.SITE
     baseline_days: int = Field(default=60, ge=1)
     min_baseline_denominator: float = Field(default=1.0, gt=0.0)
+    evidence: Evidence = Evidence.VALUE
+    confidence: float = Field(default=0.95, ge=0.5, lt=1.0)
     description: str = ""
 
     @model_validator(mode="after")
@@ -151,7 +174,19 @@ class BreachRule(BaseModel):
             raise ValueError(f"rule {self.id!r}: a threshold rule needs a threshold")
         if self.kind is RuleKind.BASELINE and self.statistic != "value":
             raise ValueError(f"rule {self.id!r}: a baseline rule compares the value")
+        if self.evidence is Evidence.INTERVAL and (
+            self.kind is not RuleKind.THRESHOLD or spec.kind is not KpiKind.PROPORTION
+        ):
+            raise ValueError(
+                f"rule {self.id!r}: evidence = 'interval' needs a threshold rule on a"
+                f" proportion, and {self.kpi} is not one"
+            )
         return self
+
+    @property
+    def z(self) -> float:
+        """The standard normal quantile of ``confidence`` (one-sided)."""
+        return NormalDist().inv_cdf(self.confidence)
 
 
 class BreachPolicy(BaseModel):
@@ -307,7 +342,14 @@ class BreachEvaluator:
         if rule.kind is RuleKind.BASELINE:
             return series.bound is not None and value > series.bound
         assert rule.threshold is not None
-        return rule.comparator.holds(value, rule.threshold)
+        if not rule.comparator.holds(value, rule.threshold):
+            return False
+        if rule.evidence is Evidence.INTERVAL:
+            low, high = wilson_interval(v.numerator or 0.0, denominator, rule.z)
+            bound = low if rule.comparator in (Comparator.GT, Comparator.GE) else high
+            if not rule.comparator.holds(bound, rule.threshold):
+                return None  # past the threshold, but not beyond doubt: no evidence
+        return True
 
     def _baseline_done(self, rule: BreachRule, series: _Series, v: KpiValue) -> bool:
         """Accumulates the baseline; returns whether ``v`` lies after it."""
@@ -340,6 +382,8 @@ class BreachEvaluator:
         else:
             threshold = rule.threshold
             test = f"{rule.comparator.value} {threshold:g}"
+            if rule.evidence is Evidence.INTERVAL:
+                test += f" (its one-sided {rule.confidence:.0%} Wilson bound too)"
         stat = "" if rule.statistic == "value" else f" {rule.statistic}"
         if state is BreachState.OPEN:
             verb, count = "opened", rule.open_after

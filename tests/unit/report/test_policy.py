@@ -13,7 +13,7 @@ from tests.unit.conftest import POLICY
 
 def test_rules_come_from_the_core_policy_model() -> None:
     rules, version = load_policy_rules(POLICY)
-    assert version == 1
+    assert version == 2
     assert rules and all(isinstance(rule, BreachRule) for rule in rules)
     assert discordance_baseline_days(rules) == 60
 
@@ -33,10 +33,10 @@ def test_a_missing_or_invalid_policy_gives_no_rules(tmp_path: Path) -> None:
 def test_the_policy_table_writes_rules_as_the_file_does() -> None:
     rules, version = load_policy_rules(POLICY)
     html = policy_section(rules, version)
-    assert "Breach policy (version 1)" in html
+    assert "Breach policy (version 2)" in html
     # The model holds thresholds as floats; the table prints the file's 900000 and 0.3.
     assert "p90 &gt; 900000 (at least 20 cases)" in html
-    assert "&lt; 0.3 (at least 20 cases)" in html
+    assert "&lt; 0.3, its one-sided 95% Wilson bound too (at least 20 cases)" in html
     assert "above the upper 95% bound of the first 60 days (at least 1 cases)" in html
     assert '<span class="badge CRITICAL">CRITICAL</span>' in html
     assert "<td class='r'>7 / 7</td>" in html

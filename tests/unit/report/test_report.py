@@ -47,7 +47,7 @@ def test_report_from_the_small_demo(small_demo: DemoRun) -> None:
         "Breaches",
         "Scorecard per model and site",
         "Review candidates",
-        "Breach policy (version 1)",
+        "Breach policy (version 2)",
         "Reproduce these numbers",
     ):
         assert heading in html

@@ -63,7 +63,7 @@ def policy(**rule: object) -> BreachPolicy:
 
 def test_the_default_policy_file_parses() -> None:
     parsed = BreachPolicy.from_toml(POLICY_FILE.read_text())
-    assert parsed.version == 1
+    assert parsed.version == 2
     rules = {r.id: r for r in parsed.rules}
     discordance = rules["sustained-discordance"]
     assert (discordance.kpi, discordance.window, discordance.severity) == (
@@ -75,6 +75,13 @@ def test_the_default_policy_file_parses() -> None:
     assert rules["alert-ppv-low"].threshold == 0.30
     assert rules["score-drift-major"].severity is Severity.CRITICAL
     assert all(r.scope is Scope.SITE for r in parsed.rules)
+    on_evidence = {r.id for r in parsed.rules if r.evidence.value == "interval"}
+    assert on_evidence == {
+        "alert-ppv-low",
+        "inference-failures-high",
+        "coverage-low",
+        "alert-response-low",
+    }
 
 
 @pytest.mark.parametrize(
@@ -246,3 +253,100 @@ def test_evaluation_is_deterministic(discordance: BreachPolicy) -> None:
     first = run(BreachEvaluator(discordance), _discordance_days(rates))
     second = run(BreachEvaluator(discordance), _discordance_days(rates))
     assert first == second and first
+
+
+# --- evidence = "interval": the Wilson bound must cross --------------------------------
+
+
+def failures(**rule: object) -> BreachEvaluator:
+    return BreachEvaluator(
+        policy(
+            kpi="inference_failure_rate",
+            comparator=">",
+            threshold=0.05,
+            min_denominator=20,
+            evidence="interval",
+            **rule,
+        )
+    )
+
+
+def test_interval_evidence_by_hand() -> None:
+    """One-sided 95% Wilson lower bound (z = 1.6449) of k failures of 39, against 5%:
+    2/39 -> 1.71% (value 5.1% is past the limit, the bound is not: neutral);
+    5/39 -> 6.38% (breaching); 1/39 -> value 2.6% (healthy)."""
+    z = 1.6448536269514722
+    assert wilson_interval(2, 39, z)[0] == pytest.approx(0.017118, abs=1e-6)
+    assert wilson_interval(5, 39, z)[0] == pytest.approx(0.063823, abs=1e-6)
+    evaluator = failures()
+    verdicts = [
+        verdict(evaluator, value(d, k / 39, kpi="inference_failure_rate", num=k, den=39))
+        for d, k in enumerate((2, 5, 1))
+    ]
+    assert verdicts == [None, True, False]
+
+
+def verdict(evaluator: BreachEvaluator, v: KpiValue) -> bool | None:
+    """The evaluator's verdict on one window of a fresh series (its only rule)."""
+    from collections import deque
+
+    from streams.core.kpi.breach import _Series
+
+    return evaluator._verdict(evaluator.policy.rules[0], _Series(recent=deque(maxlen=2)), v)
+
+
+def test_interval_evidence_stays_quiet_on_noise_and_opens_on_a_real_excess() -> None:
+    evaluator = failures(open_after=2, resolve_after=2)
+    noise = [value(d, 2 / 39, kpi="inference_failure_rate", num=2, den=39) for d in range(5)]
+    assert evaluator.apply(noise) == []
+    excess = [value(d, 6 / 39, kpi="inference_failure_rate", num=6, den=39) for d in range(5, 7)]
+    opened = evaluator.apply(excess)
+    assert [b.state for b in opened] == [BreachState.OPEN]
+    assert "one-sided 95% Wilson bound too" in opened[0].evidence
+    # The same stream judged on the value alone opens on the noise already.
+    by_value = BreachEvaluator(
+        policy(
+            kpi="inference_failure_rate", comparator=">", threshold=0.05,
+            min_denominator=20, open_after=2,
+        )
+    )  # fmt: skip
+    assert [b.state for b in by_value.apply(noise)] == [BreachState.OPEN]
+
+
+def test_interval_upper_bound_for_a_lower_limit() -> None:
+    """PPV below 0.3: breaching only when the upper bound is below it too."""
+    evaluator = BreachEvaluator(policy(evidence="interval", min_denominator=20))
+    # 5/25 = 0.20 < 0.3 but the upper bound 0.36 is not; 2/40: upper bound 0.14;
+    # 20/40 = 0.5 is not below the limit at all.
+    assert verdict(evaluator, value(0, 5 / 25, num=5, den=25)) is None
+    assert verdict(evaluator, value(0, 2 / 40, num=2, den=40)) is True
+    assert verdict(evaluator, value(0, 20 / 40, num=20, den=40)) is False
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ({"kpi": "time_to_result", "statistic": "p90", "threshold": 60_000}, "proportion"),
+        ({"kind": "baseline", "kpi": "discordance_rate"}, "threshold rule"),
+        ({"confidence": 1.0}, "confidence"),
+    ],
+)
+def test_interval_evidence_needs_a_proportion_threshold_rule(
+    rule: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        policy(evidence="interval", **rule)
+
+
+def test_version_1_policy_files_keep_loading_and_judge_on_the_value() -> None:
+    text = """version = 1
+[[rules]]
+id = "old"
+kpi = "inference_failure_rate"
+window = "1d"
+comparator = ">"
+threshold = 0.05
+severity = "WARNING"
+"""
+    rule = BreachPolicy.from_toml(text).rules[0]
+    assert rule.evidence.value == "value"
