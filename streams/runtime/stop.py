@@ -115,11 +115,16 @@ class GracefulStop:
             or "none",
         )
 
-    def leave_group(self) -> None:
-        """Step 6 for a static member (blocking; after the event loop stopped)."""
+    def finish(self) -> None:
+        """Step 6, after the event loop stopped (blocking): leave the group, log the end."""
+        if self.requested_s is None:
+            return  # not a graceful stop
         instance = self._worker.group_instance_id
-        if self.requested_s is None or instance is None or not self._worker.leave_group_on_stop:
-            return
+        if instance is not None and self._worker.leave_group_on_stop:
+            self._leave(instance)
+        log.warning("stopped gracefully in %.1f s", time.monotonic() - self.requested_s)
+
+    def _leave(self, instance: str) -> None:
         from kafka.admin import KafkaAdminClient, MemberToRemove
 
         try:
@@ -143,12 +148,7 @@ class GracefulStop:
                 self._worker.session_timeout_s,
             )
             return
-        log.warning(
-            "left group %s as static member %s; stopped in %.1f s",
-            self._worker.group_id,
-            instance,
-            time.monotonic() - self.requested_s,
-        )
+        log.warning("left group %s as static member %s", self._worker.group_id, instance)
 
 
 class ImgovWorker(faust.Worker):

@@ -143,7 +143,7 @@ def run_worker(plan: WorkerPlan) -> None:
     try:
         worker.execute_from_commandline()
     finally:
-        stop.leave_group()
+        stop.finish()
 
 
 class WorkerError(ImgovError):

@@ -97,6 +97,20 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Prints what the live tests measured (``record_property("measured", ...)``)."""
+    lines = [
+        f"{report.nodeid.rsplit('::', 1)[-1]}: {value}"
+        for report in terminalreporter.stats.get("passed", [])
+        for key, value in getattr(report, "user_properties", ())
+        if key == "measured"
+    ]
+    if lines:
+        terminalreporter.write_sep("-", "measured by the live tests")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # A broker restart disturbs every client connected at that moment: run those tests
     # last (a stable sort keeps the order of everything else).

@@ -14,6 +14,7 @@ import random
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,8 @@ from tests.integration.test_live_harness import (
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 
+RecordProperty = Callable[[str, object], None]
+
 RESUME_TARGET_S = 10.0
 WARM_UP = 100
 """Messages produced before the rest, to see the worker running before it is stopped."""
@@ -40,7 +43,7 @@ SHUTDOWN_BOUND_S = 30.0
 
 
 def test_kill_9_three_times_while_producing_resumes_fast_and_equals_replay(
-    live_env: LiveEnv, tmp_path: Path
+    live_env: LiveEnv, tmp_path: Path, record_property: RecordProperty
 ) -> None:
     events_file = tmp_path / "events.jsonl"
     messages = encoded(simulate(events_file, days=12, seed=43), live_env.topics)
@@ -51,12 +54,12 @@ def test_kill_9_three_times_while_producing_resumes_fast_and_equals_replay(
     producer.start()
     resumed = live_env.kill_and_restart(random.Random(20261207), kills=3)
     producer.finish()
-    print(f"resumed after restart in {', '.join(f'{s:.1f}' for s in resumed)} s")
+    record_property("measured", f"resumed in {', '.join(f'{s:.1f}' for s in resumed)} s")
     live_env.wait_until_settled(timeout_s=240)
     assert_equal_to_replay(live_env, events_file)
     assert max(resumed) < RESUME_TARGET_S, f"resumed in {resumed} s\n{live_env.logs()}"
     for stream, topic in (("kpis", live_env.topics.kpi), ("breaches", live_env.topics.breach)):
-        _assert_repeats_share_an_identity(live_env, stream, topic)
+        record_property("measured", _assert_repeats_share_an_identity(live_env, stream, topic))
 
 
 def _read_all(env: LiveEnv, topic: str) -> list[tuple[bytes | None, bytes]]:
@@ -87,9 +90,9 @@ def _read_all(env: LiveEnv, topic: str) -> list[tuple[bytes | None, bytes]]:
     return out
 
 
-def _assert_repeats_share_an_identity(env: LiveEnv, stream: str, topic: str) -> None:
+def _assert_repeats_share_an_identity(env: LiveEnv, stream: str, topic: str) -> str:
     """Every message has an identity, a repeated identity has the same bytes, and the
-    reference subscriber prints each identity once."""
+    reference subscriber prints each identity once; returns the counts."""
     messages = _read_all(env, topic)
     assert messages and all(message_id for message_id, _ in messages), topic
     values: dict[bytes | None, set[bytes]] = {}
@@ -106,7 +109,7 @@ def _assert_repeats_share_an_identity(env: LiveEnv, stream: str, topic: str) -> 
     assert sorted(line["message_id"] for line in lines) == sorted(i.decode() for i in values)
     repeats = len(messages) - len(values)
     assert f"{len(values)} printed, {repeats} repeats dropped" in printed.stderr
-    print(f"{topic}: {len(messages)} messages, {repeats} repeats (same identity, same bytes)")
+    return f"{stream}: {len(messages)} messages, {repeats} repeats (same identity, same bytes)"
 
 
 def _processed_offsets(env: LiveEnv) -> dict[tuple[str, int], int]:
@@ -123,7 +126,7 @@ def _processed_offsets(env: LiveEnv) -> dict[tuple[str, int], int]:
 
 
 def test_sigterm_under_load_drains_within_the_bound_and_restart_reprocesses_nothing(
-    live_env: LiveEnv, tmp_path: Path
+    live_env: LiveEnv, tmp_path: Path, record_property: RecordProperty
 ) -> None:
     events_file = tmp_path / "events.jsonl"
     messages = encoded(simulate(events_file, days=12, seed=47), live_env.topics)
@@ -139,12 +142,12 @@ def test_sigterm_under_load_drains_within_the_bound_and_restart_reprocesses_noth
     code = proc.wait(timeout=SHUTDOWN_BOUND_S + 30)
     stopped_in = time.monotonic() - started
     live_env.workers.pop("w1")
-    print(f"SIGTERM under load: exited {code} in {stopped_in:.1f} s")
+    record_property("measured", f"exited {code} in {stopped_in:.1f} s")
     assert code == 0, live_env.logs()
     assert stopped_in < SHUTDOWN_BOUND_S, live_env.logs()
     log = (tmp_path / "worker-w1.log").read_text(errors="replace")
     assert "stopping gracefully" in log and "offsets committed" in log, log[-4000:]
-    assert "left group" in log, log[-4000:]
+    assert "left group" in log and "stopped gracefully in" in log, log[-4000:]
 
     # Everything the worker processed is committed, and nothing beyond it: the
     # restart reads exactly from where the stopped worker left off.
@@ -168,7 +171,7 @@ def test_sigterm_under_load_drains_within_the_bound_and_restart_reprocesses_noth
 
 
 def test_sigterm_while_clickhouse_is_down_exits_at_the_bound_and_loses_nothing(
-    live_env: LiveEnv, tmp_path: Path
+    live_env: LiveEnv, tmp_path: Path, record_property: RecordProperty
 ) -> None:
     bound_s = 8.0
     live_env.extra_env["IMGOV_WORKER_SHUTDOWN_TIMEOUT_S"] = str(bound_s)
@@ -189,7 +192,7 @@ def test_sigterm_while_clickhouse_is_down_exits_at_the_bound_and_loses_nothing(
         live_env.workers.pop("w1")
     finally:
         clickhouse_service("start")
-    print(f"SIGTERM with ClickHouse down: exited {code} in {stopped_in:.1f} s")
+    record_property("measured", f"exited {code} in {stopped_in:.1f} s (bound {bound_s:g} s)")
     log = (tmp_path / "worker-w1.log").read_text(errors="replace")
     assert code == 1, log[-4000:]
     assert bound_s <= stopped_in < bound_s + 5, log[-4000:]
