@@ -54,7 +54,15 @@ def soak_round(bootstrap: str, tmp: Path, seed: int) -> tuple[list[float], bool,
         env.wait_until_settled(timeout_s=300)
         replay_into(env.offline_database, events_file)
         live, offline = final_tables(env.database), final_tables(env.offline_database)
-        return resumed, live == offline, diff_summary(live, offline)
+        diff = diff_summary(live, offline)
+        if live != offline:  # kept for a post-mortem, with the workers' logs
+            env.keep_databases = True
+            logs = Path(os.environ.get("IMGOV_SOAK_LOGS", tmp.parent)) / f"soak-{seed}"
+            logs.mkdir(parents=True, exist_ok=True)
+            for log in tmp.glob("worker-*.log"):
+                (logs / log.name).write_bytes(log.read_bytes())
+            diff += f"\ndatabases kept: {env.database}, {env.offline_database}; logs in {logs}"
+        return resumed, live == offline, diff
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -223,6 +223,8 @@ class LiveEnv:
     """The consumer group of the contributions when a ``kpi`` role worker runs."""
     idle_close_s: float = IDLE_CLOSE_S
     """The workers' idle close (``wait_until_settled`` waits longer than it)."""
+    keep_databases: bool = False
+    """Leave the databases for a post-mortem (``opened`` drops them otherwise)."""
 
     @property
     def namespace(self) -> str:
@@ -438,8 +440,9 @@ def opened(env: LiveEnv) -> Iterator[LiveEnv]:
         yield env
     finally:
         env.stop_all()
-        drop_database(env.database)
-        drop_database(env.offline_database)
+        if not env.keep_databases:
+            drop_database(env.database)
+            drop_database(env.offline_database)
 
 
 def final_tables(database: str) -> dict[str, Any]:
