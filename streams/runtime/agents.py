@@ -35,6 +35,7 @@ otherwise make the worker compute a current value for every few minutes of it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -227,8 +228,10 @@ class LineageRunner:
             await self._publish(batch)
             await self._io.write_state(self._lineage_store, self.lineage.state.take_writes())
         except BaseException:
-            # Not acknowledged: the batch is delivered again and must apply again.
-            self.lineage.discard()
+            # Not acknowledged: the batch is delivered again and must apply again. (Best
+            # effort: while the worker stops, the store may be closing under it.)
+            with contextlib.suppress(Exception):
+                self.lineage.discard()
             raise
         self.redelivered += batch.redelivered
         now = self._clock()

@@ -28,11 +28,11 @@ deliver, messages the worker never processed, which breaks at-least-once deliver
    the live set of active partitions becomes empty during the fetch), the fetch that
    restarts at the committed offset is then dropped as "already read" up to that stale
    offset: those messages are never delivered and the partition's commits stall
-   (faust-streaming issues #216, #221, #596). -> ``perform_seek``/``seek`` count the
-   seeks, ``ThreadDelegateConsumer._getmany`` notes the count when a fetch starts, and
-   ``_drain_messages`` still delivers a record fetched before a later seek but lets it
-   move neither the read offset nor the gap bookkeeping: such a record is delivered
-   again by the fetch from the seek position (a duplicate, never a loss).
+   (faust-streaming issues #216, #221, #596). Delivered, those stale records would
+   also come out of order, ahead of the messages before them. -> ``perform_seek`` and
+   ``seek`` count the seeks of each partition, ``ThreadDelegateConsumer._getmany`` notes
+   the counts when a fetch starts, and ``_drain_messages`` drops a record of a partition
+   sought since its fetch: the fetch from the seek position brings it again, in order.
 
 Each replaced function keeps Faust's as ``__wrapped__``.
 """
@@ -41,12 +41,43 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
 __all__ = ["apply_faust_commit_fixes"]
 
 _APPLIED = False
+
+
+class _EpochsDescriptor:
+    """A per-instance ``dict`` attribute created on first read (Faust's consumers are
+    built before the fix could add the attribute in ``__init__``)."""
+
+    def __init__(self, slot: str) -> None:
+        self._slot = slot
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        value = obj.__dict__.get(self._slot)
+        if value is None:
+            value = obj.__dict__[self._slot] = {}
+        return value
+
+    def __set__(self, obj: Any, value: dict[Any, int]) -> None:
+        obj.__dict__[self._slot] = value
+
+
+def _sought(consumer: Any, tps: Iterable[Any]) -> None:
+    """Counts a seek of each of ``tps``: records fetched before it are stale."""
+    epochs = consumer._seek_epochs
+    for tp in tps:
+        epochs[tp] = epochs.get(tp, 0) + 1
+
+
+def _stale(consumer: Any, tp: Any) -> bool:
+    """Whether ``tp`` was sought after the records being delivered were fetched."""
+    return bool(consumer._seek_epochs.get(tp, 0) != consumer._fetch_epochs.get(tp, 0))
 
 
 def _install(cls: type, fn: Callable[..., Any]) -> None:
@@ -105,16 +136,16 @@ def apply_faust_commit_fixes() -> None:
             if offset is not None
         }
         self._committed_offset.update(committed_offsets)
-        self._seek_epoch += 1  # seek epoch
+        _sought(self, (ensure_tp(tp) for tp in _committed_offsets))  # seek epoch
 
     async def seek(self: Any, partition: Any, offset: int) -> None:
         self.log.dev("SEEK %r -> %r", partition, offset)
         await self._seek(partition, offset)
         self._read_offset[ensure_tp(partition)] = offset if offset else None
-        self._seek_epoch += 1  # seek epoch
+        _sought(self, (ensure_tp(partition),))  # seek epoch
 
     async def _getmany(self: Any, active_partitions: set[Any] | None, timeout: float) -> Any:
-        self._fetch_epoch = self._seek_epoch  # seek epoch
+        self._fetch_epochs = dict(self._seek_epochs)  # seek epoch
         return await self._thread.getmany(active_partitions, timeout)
 
     async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover
@@ -150,13 +181,14 @@ def apply_faust_commit_fixes() -> None:
                             await sleep(0)
                             num_since_yield = 0
 
+                        if _stale(self, tp):  # seek epoch: fetched again from there
+                            continue
                         offset = message.offset
                         r_offset = get_read_offset(tp)
                         if r_offset is None or offset >= r_offset:
                             gap = offset - (r_offset or 0)
                             # We have a gap in income messages
-                            fetched_after_seek = self._fetch_epoch == self._seek_epoch
-                            if gap > 1 and r_offset and fetched_after_seek:  # seek epoch
+                            if gap > 1 and r_offset:
                                 acks_enabled = acks_enabled_for(message.topic)
                                 if acks_enabled:
                                     await self._add_gap(tp, r_offset + 1, offset)
@@ -164,7 +196,7 @@ def apply_faust_commit_fixes() -> None:
                                 self._n_acked = 0
                                 await self.commit()
                             await self.wait_first(callback(message), self.suspend_flow.wait())
-                            if self._fetch_epoch == self._seek_epoch:  # seek epoch
+                            if not _stale(self, tp):  # seek epoch
                                 set_read_offset(tp, offset)
                         else:
                             self.log.dev(
@@ -193,10 +225,10 @@ def apply_faust_commit_fixes() -> None:
         finally:
             unset_flag(flag_consumer_fetching)
 
-    # Seeks done so far, and the count when the records being delivered were fetched.
-    defaults: Mapping[str, int] = {"_seek_epoch": 0, "_fetch_epoch": 0}
-    for name, value in defaults.items():
-        setattr(consumer_cls, name, value)
+    # Per partition: the seeks done so far, and their count when the records being
+    # delivered were fetched (instance attributes, created on first use).
+    consumer_cls._seek_epochs = _EpochsDescriptor("_seek_epochs_")  # type: ignore[attr-defined]
+    consumer_cls._fetch_epochs = _EpochsDescriptor("_fetch_epochs_")  # type: ignore[attr-defined]
     for fn in (_add_gap, _new_offset, perform_seek, seek, _drain_messages):
         _install(consumer_cls, fn)
     _install(faust_consumer.ThreadDelegateConsumer, _getmany)
