@@ -34,6 +34,11 @@ deliver, messages the worker never processed, which breaks at-least-once deliver
    the counts when a fetch starts, and ``_drain_messages`` drops a record of a partition
    sought since its fetch: the fetch from the seek position brings it again, in order.
 
+4. ``getmany`` drops the fetched records of a partition that was paused while the fetch
+   was in flight, but the fetch had already moved that partition's position past them:
+   nothing fetches them again (the drop fix 3 cannot see). -> the partition is sought
+   back to the first record dropped, so it is fetched again when it is resumed.
+
 Each replaced function keeps Faust's as ``__wrapped__``.
 """
 
@@ -41,7 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 __all__ = ["apply_faust_commit_fixes"]
@@ -148,6 +153,49 @@ def apply_faust_commit_fixes() -> None:
         self._fetch_epochs = dict(self._seek_epochs)  # seek epoch
         return await self._thread.getmany(active_partitions, timeout)
 
+    # 4. Faust's code, plus the lines marked "dropped".
+    async def getmany(self: Any, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
+        records, active_partitions = await self._wait_next_records(timeout)
+        generation_id = self.app.consumer_generation_id
+        if records is None or self.should_stop:
+            return
+
+        records_it = self.scheduler.iterate(records)
+        to_message = self._to_message  # localize
+        dropped: dict[Any, int] = {}  # dropped
+        if self.flow_active:
+            for tp, record in records_it:
+                if not self.flow_active:
+                    break
+                new_generation_id = self.app.consumer_generation_id
+                if new_generation_id != generation_id:
+                    self.log.dev(
+                        "Generation id changed from %r to %r. Cancelling getmany.",
+                        generation_id,
+                        new_generation_id,
+                    )
+                    break
+                if (
+                    active_partitions is None
+                    or tp in active_partitions
+                    or tp in self._buffered_partitions
+                ):
+                    highwater_mark = self.highwater(tp)
+                    self.app.monitor.track_tp_end_offset(tp, highwater_mark)
+                    # convert timestamp to seconds from int milliseconds.
+                    yield tp, to_message(tp, record)
+                elif tp not in dropped:  # dropped
+                    dropped[tp] = record.offset  # dropped
+            for tp, offset in dropped.items():  # dropped
+                if tp in self.assignment():  # dropped
+                    await self.seek(tp, offset)  # dropped: fetched again when resumed
+        else:
+            self.log.dev("getmany called while flow not active. Seek back to committed offsets.")
+            try:
+                await self.perform_seek()
+            except Exception as ex:
+                self.log.warning(f"exception performing seek when flow not active {ex}")
+
     async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover
         callback = self.callback
         getmany = self.getmany
@@ -229,7 +277,7 @@ def apply_faust_commit_fixes() -> None:
     # delivered were fetched (instance attributes, created on first use).
     consumer_cls._seek_epochs = _EpochsDescriptor("_seek_epochs_")  # type: ignore[attr-defined]
     consumer_cls._fetch_epochs = _EpochsDescriptor("_fetch_epochs_")  # type: ignore[attr-defined]
-    for fn in (_add_gap, _new_offset, perform_seek, seek, _drain_messages):
+    for fn in (_add_gap, _new_offset, perform_seek, seek, getmany, _drain_messages):
         _install(consumer_cls, fn)
     _install(faust_consumer.ThreadDelegateConsumer, _getmany)
     _APPLIED = True
