@@ -5,7 +5,7 @@ produced at a steady rate while the worker is killed (SIGKILL) three times at ra
 moments and restarted 2-5 s later with the same state; once the input is consumed the
 audit tables are compared with ``imgov replay`` of the same stream. Per round it prints
 the seconds each restart took to resume processing and whether the result equals the
-replay. Not part of ``make test`` (about 3 minutes a round); needs ``make up``.
+replay. Not part of ``make test`` (about 2 minutes a round); needs ``make up``.
 
     .venv/bin/python -m tests.integration.soak_restarts --rounds 10 [--seed N]
 """
