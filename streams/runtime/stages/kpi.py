@@ -39,6 +39,7 @@ from schemas.records import (
 from streams.core.kpi.aggregator import KpiAggregator
 from streams.core.kpi.breach import BreachEvaluator
 from streams.core.kpi.step import KpiStep
+from streams.core.lineage.store import RESERVED_PREFIX
 from streams.core.watermarks import WatermarkTracker
 from streams.runtime.applied import AppliedOffsets
 from streams.runtime.outputs import (
@@ -54,8 +55,8 @@ from streams.runtime.staged_store import StagedMapping, StagedWrite
 __all__ = ["KpiBatch", "KpiStage"]
 
 
-_SNAPSHOT = "\x00snapshot:"
-"""Key prefix of snapshots; lineage keys are JSON arrays and never start with NUL."""
+_SNAPSHOT = RESERVED_PREFIX + "snapshot:"
+"""Key prefix of snapshots: reserved, as no lineage key (a JSON array) starts with it."""
 
 
 @dataclass(slots=True)

@@ -18,7 +18,7 @@ from schemas.corpus import sample_events
 from streams.runtime.applied import AppliedOffsets
 from streams.runtime.outputs import lineage_key
 from streams.runtime.staged_store import DictPartitionedStore
-from streams.runtime.stages.lineage import applied_key
+from streams.runtime.stages.lineage import LineageStage, applied_key
 from tests.unit.runtime.test_live_stages import (
     NOW_MS,
     TOPICS,
@@ -85,6 +85,12 @@ def _one_partition(count: int) -> list:
     return _messages(events, _codec(), partitions=1)  # offset = position
 
 
+def _one_partition_stage(store: DictPartitionedStore) -> LineageStage:
+    stage = _lineage_stage(store)
+    stage.assign([0])
+    return stage
+
+
 def _latest(records: list) -> dict[str, dict]:
     """The latest lineage per row, without what counts revisions (batching)."""
     latest = {lineage_key(r): r for r in sorted(records, key=lambda r: r.revision)}
@@ -98,8 +104,7 @@ def _latest(records: list) -> dict[str, dict]:
 def test_lineage_stage_applies_offsets_delivered_after_a_gap() -> None:
     messages = _one_partition(40)
     store = DictPartitionedStore()
-    stage = _lineage_stage(store)
-    stage.assign([0])
+    stage = _one_partition_stage(store)
     later = stage.process(messages[10:21])
     assert len(later.events) == 11
     earlier = stage.process(messages[5:10])  # the gap comes after all: applied
@@ -110,8 +115,7 @@ def test_lineage_stage_applies_offsets_delivered_after_a_gap() -> None:
     stage.state.commit()
     assert store.data[applied_key(TOPICS.inference, 0).encode()][2:] == b"[[5,21]]"
 
-    reference = _lineage_stage(DictPartitionedStore())
-    reference.assign([0])
+    reference = _one_partition_stage(DictPartitionedStore())
     in_order = reference.process(messages[5:21])
     assert _latest(later.lineage + earlier.lineage) == _latest(in_order.lineage)
 
@@ -119,8 +123,7 @@ def test_lineage_stage_applies_offsets_delivered_after_a_gap() -> None:
 def test_lineage_stage_re_reading_from_an_earlier_offset_after_a_checkpoint_ends_equal() -> None:
     messages = _one_partition(100)
     store = DictPartitionedStore()
-    stage = _lineage_stage(store)
-    stage.assign([0])
+    stage = _one_partition_stage(store)
     stage.process(messages[:60])
     stage.state.commit()  # the checkpoint
     restarted = _lineage_stage(store)  # a restart: state from the store only
@@ -131,8 +134,7 @@ def test_lineage_stage_re_reading_from_an_earlier_offset_after_a_checkpoint_ends
     assert rerun.redelivered == 40 and {s.offset for _, s in rerun.events} == set(range(60, 100))
 
     reference_store = DictPartitionedStore()
-    reference = _lineage_stage(reference_store)
-    reference.assign([0])
+    reference = _one_partition_stage(reference_store)
     reference.process(messages[:60])
     reference.state.commit()
     reference.process(messages[60:100])
@@ -143,8 +145,7 @@ def test_lineage_stage_re_reading_from_an_earlier_offset_after_a_checkpoint_ends
 def test_applied_offsets_are_written_after_the_study_states_they_describe() -> None:
     messages = _one_partition(30)
     store = DictPartitionedStore()
-    stage = _lineage_stage(store)
-    stage.assign([0])
+    stage = _one_partition_stage(store)
     stage.process(messages[:10])
     stage.state.commit()
     stage.process(messages[10:30])
