@@ -154,7 +154,8 @@ class KpiValue(_Record):
 
     ``*`` in ``site_id`` or ``algorithm_version`` marks a roll-up. Proportions carry
     numerator, denominator and a Wilson 95% interval; durations carry p50/p90 in
-    milliseconds with ``denominator`` = sample count. ``revision`` starts at 1 and grows
+    milliseconds with ``denominator`` = sample count; score drift (``score_psi``) carries
+    the p-value of its chi-square test in ``p_value``. ``revision`` starts at 1 and grows
     when a late contribution changes a window that was already final.
     """
 
@@ -173,6 +174,7 @@ class KpiValue(_Record):
     ci_high: float | None = None
     p50: float | None = None
     p90: float | None = None
+    p_value: float | None = None
     final: bool
     revision: int
 

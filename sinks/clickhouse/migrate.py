@@ -6,8 +6,10 @@ on current servers and on chDB; the tests apply them to both.
 
 :func:`migrate` is idempotent: it records each applied version in ``schema_migrations``
 (with the file's SHA-256) and skips versions already there, and every statement is
-``CREATE ... IF NOT EXISTS``, so two workers migrating at the same moment, or a run
-interrupted half-way through a file, end in the same schema. A file edited after it was
+``CREATE ... IF NOT EXISTS``, ``DROP ... IF EXISTS`` or an ``ALTER TABLE t ADD COLUMN c``
+that is skipped when ``t`` already has ``c`` (18.16 has no ``ADD COLUMN IF NOT EXISTS``),
+so two workers migrating at the same moment, or a run interrupted half-way through a
+file, end in the same schema. A file edited after it was
 applied is refused (:class:`MigrationChecksumError`): a change is a new migration.
 
 Retention (no TTL on 18.16): :func:`drop_partitions_before` drops whole months.
@@ -210,7 +212,8 @@ def migrate(
         if migration.version in applied:
             continue
         for statement in migration.statements:
-            backend.execute(statement)
+            if not _column_exists(backend, statement):
+                backend.execute(statement)
         backend.insert(
             MIGRATIONS_TABLE,
             ("version", "name", "checksum", "applied_at_ms"),
@@ -220,6 +223,22 @@ def migrate(
         if on_applied is not None:
             on_applied(migration)
     return done
+
+
+_ADD_COLUMN = re.compile(r"^ALTER\s+TABLE\s+(\w+)\s+ADD\s+COLUMN\s+(\w+)\s", re.IGNORECASE)
+
+
+def _column_exists(backend: QueryBackend, statement: str) -> bool:
+    """Returns whether ``statement`` adds a column that its table already has."""
+    match = _ADD_COLUMN.match(statement)
+    if match is None:
+        return False
+    table, column = match.groups()
+    _, rows = backend.execute(
+        "SELECT count() FROM system.columns "
+        f"WHERE database = '{backend.database}' AND table = '{table}' AND name = '{column}'"
+    )
+    return bool(rows[0][0])
 
 
 def drop_partitions_before(

@@ -25,6 +25,13 @@ above it for ``>``/``>=``, the upper bound below it for ``<``/``<=``), healthy w
 value is not past it, and neutral in between, where the cases cannot tell. Against a
 5 % failure limit, 2 failures of 39 are then no breach (one-sided 95 % lower bound
 1.7 %), 5 of 39 are (6.4 %).
+A drift rule on ``score_psi`` can require the shift to be significant for the sample
+sizes at hand (``evidence = "significance"``): a window is breaching only when its PSI is
+past the threshold *and* the p-value of its chi-square test of homogeneity against the
+reference (``KpiValue.p_value``, see ``drift``) is below ``1 - confidence``; neutral when
+the PSI is past the band but the scores cannot tell. PSI's bands come from samples of
+thousands; on 140 scores a stable model crosses 0.25 in about 3 % of windows, the test at
+``confidence = 0.999`` in 0.1 %.
 With ``evidence = "value"`` (the default, and all a version 1 policy knows) the value
 alone decides.
 
@@ -34,6 +41,14 @@ denominator of its windows in the first ``baseline_days`` (default 60) days. Tha
 the **sustained-discordance rule** of the Mayo Clinic PE-detector monitoring (Sorin et
 al., JACR 2025): daily discordance above the baseline's upper 95 % bound for 7
 consecutive days is CRITICAL.
+
+A rule of ``kind = "cusum"`` runs a Bernoulli CUSUM (``cusum``) on a daily proportion,
+against the same baseline: it detects a rise of ``shift`` (absolute, 0.03 = 3 points)
+with an in-control average run length of ``arl0_days``; the control limit is derived from
+both and the baseline (its proportion and labelled studies per day). A window is
+breaching when the statistic reaches the limit, healthy otherwise; the breach's value is
+the statistic, its threshold the limit, and its evidence the statistic's recent path.
+``open_after`` is 1 for a CUSUM (the statistic already accumulates the evidence).
 
 Series (``scope``): ``site`` (default) evaluates each site with algorithm version
 ``*``; ``site_version`` each site and version; ``version`` all sites per version;
@@ -73,6 +88,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from schemas.records import Breach, BreachState, KpiValue, Severity
 from schemas.units import DAY_MS, format_utc
 from streams.core.kpi.catalogue import KPI_BY_NAME, KpiKind
+from streams.core.kpi.cusum import BernoulliCusum
 from streams.core.kpi.stats import wilson_interval
 from streams.core.kpi.windows import WINDOW_SPEC_BY_NAME
 
@@ -85,6 +101,7 @@ __all__ = [
     "RuleKind",
     "Scope",
     "breach_id",
+    "cusum_trace",
 ]
 
 
@@ -110,6 +127,8 @@ class RuleKind(StrEnum):
     """Compare with a fixed ``threshold``."""
     BASELINE = "baseline"
     """Breaching when above the upper Wilson 95 % bound of the series' baseline."""
+    CUSUM = "cusum"
+    """Breaching when a Bernoulli CUSUM against the series' baseline reaches its limit."""
 
 
 class Evidence(StrEnum):
@@ -117,6 +136,8 @@ class Evidence(StrEnum):
     """The value (or statistic) alone decides."""
     INTERVAL = "interval"
     """The one-sided Wilson bound at ``confidence`` must cross the threshold."""
+    SIGNIFICANCE = "significance"
+    """Score drift: the chi-square test's p-value must be below ``1 - confidence``."""
 
 
 class Scope(StrEnum):
@@ -161,6 +182,8 @@ class BreachRule(BaseModel):
     min_baseline_denominator: float = Field(default=1.0, gt=0.0)
     evidence: Evidence = Evidence.VALUE
     confidence: float = Field(default=0.95, ge=0.5, lt=1.0)
+    shift: float | None = Field(default=None, gt=0.0, lt=1.0)
+    arl0_days: float | None = Field(default=None, gt=0.0)
     description: str = ""
 
     @model_validator(mode="after")
@@ -172,8 +195,26 @@ class BreachRule(BaseModel):
             raise ValueError(f"rule {self.id!r}: {self.kpi} has no {self.window!r} windows")
         if self.kind is RuleKind.THRESHOLD and self.threshold is None:
             raise ValueError(f"rule {self.id!r}: a threshold rule needs a threshold")
-        if self.kind is RuleKind.BASELINE and self.statistic != "value":
-            raise ValueError(f"rule {self.id!r}: a baseline rule compares the value")
+        if self.kind is not RuleKind.THRESHOLD and self.statistic != "value":
+            raise ValueError(f"rule {self.id!r}: a {self.kind} rule compares the value")
+        if self.kind is RuleKind.CUSUM:
+            if spec.kind is not KpiKind.PROPORTION:
+                raise ValueError(f"rule {self.id!r}: a CUSUM watches a proportion")
+            if self.shift is None or self.arl0_days is None:
+                raise ValueError(f"rule {self.id!r}: a CUSUM needs shift and arl0_days")
+            if self.open_after != 1:
+                raise ValueError(f"rule {self.id!r}: a CUSUM opens on its first signal")
+            if self.window != "1d":
+                raise ValueError(f"rule {self.id!r}: a CUSUM counts days: window = '1d'")
+        elif self.shift is not None or self.arl0_days is not None:
+            raise ValueError(f"rule {self.id!r}: shift and arl0_days are for CUSUM rules")
+        if self.evidence is Evidence.SIGNIFICANCE and (
+            self.kind is not RuleKind.THRESHOLD or spec.kind is not KpiKind.SCORE
+        ):
+            raise ValueError(
+                f"rule {self.id!r}: evidence = 'significance' needs a threshold rule on"
+                f" score drift, and {self.kpi} is not one"
+            )
         if self.evidence is Evidence.INTERVAL and (
             self.kind is not RuleKind.THRESHOLD or spec.kind is not KpiKind.PROPORTION
         ):
@@ -232,11 +273,14 @@ class _Window:
     value: float
     numerator: float | None
     denominator: float | None
+    p_value: float | None = None
 
     def describe(self) -> str:
         counts = ""
         if self.numerator is not None and self.denominator is not None:
             counts = f" ({self.numerator:g}/{self.denominator:g})"
+        elif self.p_value is not None and self.denominator is not None:
+            counts = f" (n={self.denominator:g}, p={self.p_value:.2g})"
         return f"[{format_utc(self.start_ms)}, {format_utc(self.end_ms)}) {self.value:.4g}{counts}"
 
 
@@ -252,6 +296,13 @@ class _Series:
     baseline_start_ms: int | None = None
     baseline: list[float] = field(default_factory=lambda: [0.0, 0.0])
     bound: float | None = None
+    chart: BernoulliCusum | None = None
+    statistic: float = 0.0
+    path: deque[_Window] = field(default_factory=lambda: deque(maxlen=_PATH_DAYS))
+
+
+_PATH_DAYS = 14
+"""Days of a CUSUM's path a breach's evidence shows."""
 
 
 class BreachEvaluator:
@@ -310,7 +361,9 @@ class BreachEvaluator:
             series.recent.clear()
             return None
         value = getattr(v, rule.statistic)
-        window = _Window(v.window_start_ms, v.window_end_ms, value, v.numerator, v.denominator)
+        window = _Window(
+            v.window_start_ms, v.window_end_ms, value, v.numerator, v.denominator, v.p_value
+        )
         if verdict:
             if series.healthy:
                 series.recent.clear()
@@ -333,7 +386,7 @@ class BreachEvaluator:
 
     def _verdict(self, rule: BreachRule, series: _Series, v: KpiValue) -> bool | None:
         """True: breaching, False: healthy, None: neutral (no evidence either way)."""
-        if rule.kind is RuleKind.BASELINE and not self._baseline_done(rule, series, v):
+        if rule.kind is not RuleKind.THRESHOLD and not self._baseline_done(rule, series, v):
             return None
         value = getattr(v, rule.statistic)
         denominator = v.denominator or 0.0
@@ -341,6 +394,8 @@ class BreachEvaluator:
             return None
         if rule.kind is RuleKind.BASELINE:
             return series.bound is not None and value > series.bound
+        if rule.kind is RuleKind.CUSUM:
+            return self._cusum(series, v)
         assert rule.threshold is not None
         if not rule.comparator.holds(value, rule.threshold):
             return False
@@ -349,7 +404,26 @@ class BreachEvaluator:
             bound = low if rule.comparator in (Comparator.GT, Comparator.GE) else high
             if not rule.comparator.holds(bound, rule.threshold):
                 return None  # past the threshold, but not beyond doubt: no evidence
+        elif rule.evidence is Evidence.SIGNIFICANCE and (
+            v.p_value is None or v.p_value >= 1.0 - rule.confidence
+        ):
+            return None  # past the band, but the scores cannot tell
         return True
+
+    @staticmethod
+    def _cusum(series: _Series, v: KpiValue) -> bool | None:
+        """Advances the series' CUSUM by a day; True when it reaches its limit."""
+        chart = series.chart
+        if chart is None or v.numerator is None or v.denominator is None:
+            return None
+        statistic = chart.step(series.statistic, v.numerator, v.denominator)
+        series.statistic = min(statistic, chart.h)
+        series.path.append(
+            _Window(
+                v.window_start_ms, v.window_end_ms, series.statistic, v.numerator, v.denominator
+            )
+        )
+        return statistic >= chart.h
 
     def _baseline_done(self, rule: BreachRule, series: _Series, v: KpiValue) -> bool:
         """Accumulates the baseline; returns whether ``v`` lies after it."""
@@ -362,7 +436,14 @@ class BreachEvaluator:
                 series.baseline[1] += v.denominator
             return False
         if series.bound is None and series.baseline[1] >= rule.min_baseline_denominator:
-            series.bound = wilson_interval(series.baseline[0], series.baseline[1])[1]
+            events, trials = series.baseline
+            series.bound = wilson_interval(events, trials)[1]
+            if rule.kind is RuleKind.CUSUM:
+                assert rule.shift is not None and rule.arl0_days is not None
+                # (x + 1/2) / (n + 1): a baseline without a discordant case is not p0 = 0.
+                p0 = (events + 0.5) / (trials + 1.0)
+                per_day = trials / rule.baseline_days
+                series.chart = BernoulliCusum.design(p0, rule.shift, rule.arl0_days, per_day)
         return True
 
     def _breach(
@@ -370,20 +451,26 @@ class BreachEvaluator:
     ) -> Breach:
         windows = list(series.recent)
         value = getattr(v, rule.statistic)
-        if rule.kind is RuleKind.BASELINE:
-            threshold = series.bound
+        baseline = ""
+        if rule.kind is not RuleKind.THRESHOLD:
             assert series.baseline_start_ms is not None
             baseline_end = series.baseline_start_ms + rule.baseline_days * DAY_MS
-            test = (
-                f"above {threshold:.4g}, the upper Wilson 95% bound of its baseline "
-                f"[{format_utc(series.baseline_start_ms)}, {format_utc(baseline_end)}) "
-                f"({series.baseline[0]:g}/{series.baseline[1]:g})"
+            baseline = (
+                f"its baseline [{format_utc(series.baseline_start_ms)}, "
+                f"{format_utc(baseline_end)}) ({series.baseline[0]:g}/{series.baseline[1]:g})"
             )
+        if rule.kind is RuleKind.CUSUM:
+            return self._cusum_breach(rule, series, v, state, bid, baseline)
+        if rule.kind is RuleKind.BASELINE:
+            threshold = series.bound
+            test = f"above {threshold:.4g}, the upper Wilson 95% bound of {baseline}"
         else:
             threshold = rule.threshold
             test = f"{rule.comparator.value} {threshold:g}"
             if rule.evidence is Evidence.INTERVAL:
                 test += f" (its one-sided {rule.confidence:.0%} Wilson bound too)"
+            elif rule.evidence is Evidence.SIGNIFICANCE:
+                test += f" (and a chi-square p-value below {1.0 - rule.confidence:.2g})"
         stat = "" if rule.statistic == "value" else f" {rule.statistic}"
         if state is BreachState.OPEN:
             verb, count = "opened", rule.open_after
@@ -398,6 +485,47 @@ class BreachEvaluator:
             + "; ".join(w.describe() for w in windows[-count:])
             + f". Policy v{self.policy.version}, rule {rule.id}."
         )
+        return self._record(rule, v, state, bid, value, threshold, evidence)
+
+    def _cusum_breach(
+        self,
+        rule: BreachRule,
+        series: _Series,
+        v: KpiValue,
+        state: BreachState,
+        bid: str,
+        baseline: str,
+    ) -> Breach:
+        chart = series.chart
+        assert chart is not None
+        verb = (
+            "opened: reached"
+            if state is BreachState.OPEN
+            else f"resolved: below for {rule.resolve_after} days"
+        )
+        path = "; ".join(
+            f"{format_utc(w.start_ms)[:10]} {w.numerator:g}/{w.denominator:g} -> {w.value:.3g}"
+            for w in series.path
+        )
+        evidence = (
+            f"{verb} the limit h = {chart.h:.3g} of a Bernoulli CUSUM on {rule.kpi} per day: "
+            f"in control p0 = {chart.p0:.4g} from {baseline}, shifted p1 = {chart.p1:.4g} "
+            f"(+{rule.shift:g}), in-control ARL {rule.arl0_days:g} days. Statistic now "
+            f"{series.statistic:.3g}; path (day, cases, statistic): {path}. "
+            f"Policy v{self.policy.version}, rule {rule.id}."
+        )
+        return self._record(rule, v, state, bid, series.statistic, chart.h, evidence)
+
+    def _record(
+        self,
+        rule: BreachRule,
+        v: KpiValue,
+        state: BreachState,
+        bid: str,
+        value: float | None,
+        threshold: float | None,
+        evidence: str,
+    ) -> Breach:
         return Breach(
             breach_id=bid,
             rule_id=rule.id,
@@ -415,3 +543,30 @@ class BreachEvaluator:
             threshold=threshold,
             evidence=evidence,
         )
+
+
+def cusum_trace(rule: BreachRule, values: Iterable[KpiValue]) -> list[tuple[int, float, float]]:
+    """Returns the path of a CUSUM rule over one series, for charts.
+
+    Args:
+        rule: a ``kind = "cusum"`` rule.
+        values: the final values of one series of the rule's KPI and window, in window
+            order (the ones the evaluator would see).
+
+    Returns:
+        ``(window_start_ms, statistic, limit)`` for every day after the baseline, the
+        statistic as the evaluator holds it (capped at the limit).
+    """
+    if rule.kind is not RuleKind.CUSUM:
+        raise ValueError(f"rule {rule.id!r} is not a CUSUM")
+    evaluator = BreachEvaluator(BreachPolicy(version=1, rules=(rule,)))
+    trace: list[tuple[int, float, float]] = []
+    for v in values:
+        evaluator.apply([v])
+        key = (rule.id, v.site_id, v.algorithm_name, v.algorithm_version, v.finding_code)
+        series = evaluator._series.get(key)
+        if series is None or series.chart is None or not series.path:
+            continue
+        if series.path[-1].start_ms == v.window_start_ms:
+            trace.append((v.window_start_ms, series.statistic, series.chart.h))
+    return trace

@@ -46,6 +46,10 @@ Definitions beyond the table, chosen here:
   1% (the log-bucket representative, ``stats.quantiles``); ``value`` is the p50 and
   ``denominator`` the number of durations. A p90 of 15 minutes therefore means that at
   least 90% of the studies took 15 minutes or less, however few they were.
+- score_psi: ``value`` is the PSI of the window's score histogram against the series'
+  reference, ``denominator`` the window's number of scores and ``p_value`` the chi-square
+  test of homogeneity of the two histograms (``drift``); ``p_value`` is null for every
+  other KPI.
 """
 
 from __future__ import annotations
@@ -90,9 +94,16 @@ Item = tuple[int, int, int]
 RecordContribution = tuple[Dims, dict[int, Item]]
 
 Summary = tuple[
-    float | None, float | None, float | None, float | None, float | None, float | None, float | None
+    float | None,
+    float | None,
+    float | None,
+    float | None,
+    float | None,
+    float | None,
+    float | None,
+    float | None,
 ]
-"""(numerator, denominator, value, ci_low, ci_high, p50, p90) of one window."""
+"""(numerator, denominator, value, ci_low, ci_high, p50, p90, p_value) of one window."""
 
 
 class KpiKind(IntEnum):
@@ -295,10 +306,10 @@ def summarise_counts(spec: KpiSpec, numerator: int, denominator: int) -> Summary
         return None
     num, den = float(numerator), float(denominator)
     if spec.kind is KpiKind.COUNT:
-        return (num, den, num, None, None, None, None)
+        return (num, den, num, None, None, None, None, None)
     low, high = wilson_interval(numerator, denominator)
     scale = spec.scale
-    return (num, den, num / den * scale, low * scale, high * scale, None, None)
+    return (num, den, num / den * scale, low * scale, high * scale, None, None, None)
 
 
 def summarise_durations(buckets: Mapping[int, int], gamma: float) -> Summary | None:
@@ -307,7 +318,7 @@ def summarise_durations(buckets: Mapping[int, int], gamma: float) -> Summary | N
     if q is None:
         return None
     p50, p90 = q
-    return (None, float(sum(buckets.values())), p50, None, None, p50, p90)
+    return (None, float(sum(buckets.values())), p50, None, None, p50, p90, None)
 
 
 def kpi_value(
@@ -327,7 +338,7 @@ def kpi_value(
     handling (every field is given), which cost 15 us per value. A unit test checks the
     result equals the validated model, field by field.
     """
-    numerator, denominator, value, low, high, p50, p90 = summary
+    numerator, denominator, value, low, high, p50, p90, p_value = summary
     spec = WINDOW_SPECS[size]
     record = _new_kpi_value(KpiValue)
     _set_attr(record, "__pydantic_fields_set__", set(_KPI_VALUE_FIELDS))
@@ -352,6 +363,7 @@ def kpi_value(
             ci_high=high,
             p50=p50,
             p90=p90,
+            p_value=p_value,
             final=final,
             revision=revision,
         ),

@@ -30,7 +30,7 @@ from streams.core.kpi.catalogue import (
     summarise_durations,
 )
 from streams.core.kpi.config import KpiConfig
-from streams.core.kpi.drift import SeriesReferences, population_stability_index
+from streams.core.kpi.drift import SeriesReferences, homogeneity_test, population_stability_index
 from streams.core.kpi.panes import ALLOWED, KINDS, SIZE_MS, PaneKey, PaneStore
 from streams.core.kpi.series import SeriesIndex
 from streams.core.kpi.windows import WINDOW_SPECS
@@ -43,7 +43,7 @@ Row = tuple[int, int, int, Dims, int, bool, Summary]  # size, start, kpi, dims, 
 _H, _D = HOUR_MS, DAY_MS
 _SCORE = KpiKind.SCORE
 _PSI = KINDS.index(KpiKind.SCORE)
-_EMPTY: Summary = (0.0, 0.0, None, None, None, None, None)
+_EMPTY: Summary = (0.0, 0.0, None, None, None, None, None, None)
 
 
 class WindowEmitter:
@@ -233,7 +233,11 @@ class WindowEmitter:
             bins = self._panes.aggregate(k, combo, leaves, s, start, final)
             assert isinstance(bins, list)
             psi = population_stability_index(bins, reference[1], self._cfg.psi_epsilon)
-            return None if psi is None else (None, float(sum(bins)), psi, None, None, None, None)
+            if psi is None:
+                return None
+            test = homogeneity_test(bins, reference[1])
+            p_value = None if test is None else test.p_value
+            return (None, float(sum(bins)), psi, None, None, None, None, p_value)
         agg = self._panes.aggregate(k, combo, leaves, s, start, final)
         if isinstance(agg, dict):
             return summarise_durations(agg, self._gamma)

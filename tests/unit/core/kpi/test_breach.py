@@ -1,14 +1,23 @@
-"""Breach policy: parsing, hysteresis, the sustained-discordance rule, PSI bands."""
+"""Breach policy: parsing, hysteresis, the sustained-discordance rule, drift, the CUSUM."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 
 from schemas.records import BreachState, KpiValue, Severity
 from schemas.units import DAY_MS, MINUTE_MS
-from streams.core.kpi.breach import BreachEvaluator, BreachPolicy, BreachRule, Scope, breach_id
+from streams.core.kpi.breach import (
+    BreachEvaluator,
+    BreachPolicy,
+    BreachRule,
+    Scope,
+    breach_id,
+    cusum_trace,
+)
+from streams.core.kpi.cusum import BernoulliCusum, control_limit
 from streams.core.kpi.stats import wilson_interval
 
 START = 1_735_689_600_000  # 2025-01-01T00:00:00Z
@@ -28,6 +37,7 @@ def value(
     final: bool = True,
     revision: int = 1,
     p90: float | None = None,
+    p_value: float | None = None,
 ) -> KpiValue:
     size = {"1d": DAY_MS, "7d": 7 * DAY_MS, "30d": 30 * DAY_MS}[window]
     return KpiValue(
@@ -43,6 +53,7 @@ def value(
         denominator=den,
         value=v,
         p90=p90,
+        p_value=p_value,
         final=final,
         revision=revision,
     )
@@ -63,7 +74,7 @@ def policy(**rule: object) -> BreachPolicy:
 
 def test_the_default_policy_file_parses() -> None:
     parsed = BreachPolicy.from_toml(POLICY_FILE.read_text())
-    assert parsed.version == 2
+    assert parsed.version == 3
     rules = {r.id: r for r in parsed.rules}
     discordance = rules["sustained-discordance"]
     assert (discordance.kpi, discordance.window, discordance.severity) == (
@@ -82,6 +93,15 @@ def test_the_default_policy_file_parses() -> None:
         "coverage-low",
         "alert-response-low",
     }
+    significant = {r.id for r in parsed.rules if r.evidence.value == "significance"}
+    assert significant == {"score-drift-moderate", "score-drift-major"}
+    cusum = rules["discordance-cusum"]
+    assert (cusum.kind.value, cusum.kpi, cusum.shift, cusum.arl0_days) == (
+        "cusum",
+        "discordance_rate",
+        0.03,
+        1095,
+    )
 
 
 @pytest.mark.parametrize(
@@ -199,7 +219,10 @@ def _discordance_days(rates: list[float], per_day: float = 100.0) -> list[KpiVal
 
 @pytest.fixture
 def discordance() -> BreachPolicy:
-    return BreachPolicy.from_toml(POLICY_FILE.read_text())
+    """The shipped policy without its CUSUM (tested on its own below)."""
+    shipped = BreachPolicy.from_toml(POLICY_FILE.read_text())
+    rules = tuple(r for r in shipped.rules if r.id != "discordance-cusum")
+    return shipped.model_copy(update={"rules": rules})
 
 
 def test_sustained_discordance_fires_on_day_7_not_6(discordance: BreachPolicy) -> None:
@@ -238,14 +261,46 @@ def test_sustained_discordance_resolves_after_seven_normal_days(discordance: Bre
     assert [b.state for b in out] == [BreachState.RESOLVED]
 
 
-def test_psi_bands(discordance: BreachPolicy) -> None:
+def _psi(day: int, psi: float, p_value: float | None, n: float = 500) -> KpiValue:
+    psi_value = value(day, psi, kpi="score_psi", window="7d", den=n, p_value=p_value)
+    return psi_value.model_copy(update={"numerator": None})  # as the aggregator emits it
+
+
+def test_psi_bands_need_a_significant_shift(discordance: BreachPolicy) -> None:
     evaluator = BreachEvaluator(discordance)
-    moderate = [value(d, 0.15, kpi="score_psi", window="7d", den=500) for d in range(3)]
+    moderate = [_psi(d, 0.15, 1e-5) for d in range(3)]
     out = run(evaluator, moderate)
     assert [(b.rule_id, b.severity) for b in out] == [("score-drift-moderate", Severity.WARNING)]
-    major = [value(d, 0.4, kpi="score_psi", window="7d", den=500) for d in range(3, 6)]
+    assert "(n=500, p=1e-05)" in out[0].evidence
+    assert "chi-square p-value below 0.001" in out[0].evidence
+    major = [_psi(d, 0.4, 1e-6) for d in range(3, 6)]
     out = run(evaluator, major)
     assert [(b.rule_id, b.severity) for b in out] == [("score-drift-major", Severity.CRITICAL)]
+
+
+def test_psi_past_the_band_on_too_few_scores_to_tell_is_no_breach(
+    discordance: BreachPolicy,
+) -> None:
+    # The demo's false alarm: PSI 0.5 on 140 scores that a stable model produces.
+    noisy = [_psi(d, 0.5, p) for d, p in enumerate([0.2, 0.0011, 0.04, None, 0.3, 0.5])]
+    assert run(BreachEvaluator(discordance), noisy) == []
+    # One significant window between neutral ones does not open (open_after = 2).
+    edge = [_psi(d, 0.5, p) for d, p in enumerate([0.0015, 0.0009, 0.2, 0.0009])]
+    assert run(BreachEvaluator(discordance), edge) == []
+
+
+def test_significance_needs_a_threshold_rule_on_score_drift() -> None:
+    with pytest.raises(ValueError, match="significance"):
+        policy(evidence="significance")
+    rule = policy(
+        kpi="score_psi",
+        window="7d",
+        comparator=">",
+        threshold=0.1,
+        evidence="significance",
+        confidence=0.999,
+    ).rules[0]
+    assert rule.evidence.value == "significance"
 
 
 def test_evaluation_is_deterministic(discordance: BreachPolicy) -> None:
@@ -350,3 +405,117 @@ severity = "WARNING"
 """
     rule = BreachPolicy.from_toml(text).rules[0]
     assert rule.evidence.value == "value"
+
+
+# --- kind = "cusum": a Bernoulli CUSUM against the baseline -----------------------------
+
+
+def _cusum_policy() -> BreachPolicy:
+    shipped = BreachPolicy.from_toml(POLICY_FILE.read_text())
+    return shipped.model_copy(
+        update={"rules": tuple(r for r in shipped.rules if r.id == "discordance-cusum")}
+    )
+
+
+def test_cusum_opens_when_the_statistic_reaches_the_derived_limit() -> None:
+    evaluator = BreachEvaluator(_cusum_policy())
+    baseline = [3.0] * 60  # 3 of 100 a day for 60 days: p0 = 180.5 / 6001
+    shifted = [9.0, 7.0, 2.0, 8.0, 9.0, 6.0, 9.0, 8.0]
+    days = [
+        value(d, x / 100, kpi="discordance_rate", num=x, den=100.0)
+        for d, x in enumerate(baseline + shifted)
+    ]
+    p0 = 180.5 / 6001
+    chart = BernoulliCusum.design(p0, 0.03, 1095, 100.0)
+    assert chart.h == pytest.approx(control_limit(p0, p0 + 0.03, 1095 * 100))
+    up, down = math.log(chart.p1 / p0), math.log((1 - chart.p1) / (1 - p0))
+    statistic, opening_day = 0.0, None
+    for day, x in enumerate(shifted, start=60):  # by hand
+        statistic = max(0.0, statistic + x * up + (100 - x) * down)
+        if statistic >= chart.h:
+            opening_day = day
+            break
+    assert opening_day is not None and opening_day < 60 + len(shifted)
+    out = run(evaluator, days[:opening_day])
+    assert out == []
+    out = run(evaluator, days[opening_day:])
+    assert [(b.rule_id, b.state, b.severity) for b in out] == [
+        ("discordance-cusum", BreachState.OPEN, Severity.CRITICAL)
+    ]
+    breach = out[0]
+    assert breach.window_start_ms == START + opening_day * DAY_MS
+    assert breach.threshold == pytest.approx(chart.h) and breach.value == pytest.approx(chart.h)
+    assert f"p0 = {p0:.4g}" in breach.evidence and "(180/6000)" in breach.evidence
+    assert f"2025-03-0{opening_day - 58} 9/100 -> " in breach.evidence  # the path, by day
+
+
+def test_cusum_resolves_after_the_shift_goes_away_and_stays_quiet_on_baseline_noise() -> None:
+    evaluator = BreachEvaluator(_cusum_policy())
+    rates = [3.0] * 60 + [12.0] * 3 + [3.0] * 30
+    days = [
+        value(d, x / 100, kpi="discordance_rate", num=x, den=100.0) for d, x in enumerate(rates)
+    ]
+    out = run(evaluator, days)
+    assert [b.state for b in out] == [BreachState.OPEN, BreachState.RESOLVED]
+    # The statistic is capped at h: it is below h again within days of the shift ending.
+    opened, resolved = out
+    assert (resolved.window_start_ms - opened.window_start_ms) // DAY_MS <= 7 + 3
+    assert "below for 7 days" in resolved.evidence
+    noise = [3.0, 5.0, 1.0, 4.0, 2.0, 6.0, 0.0, 3.0] * 20
+    quiet = [
+        value(d, x / 100, kpi="discordance_rate", num=x, den=100.0)
+        for d, x in enumerate([3.0] * 60 + noise)
+    ]
+    assert run(BreachEvaluator(_cusum_policy()), quiet) == []
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ({"kind": "cusum", "kpi": "discordance_rate", "arl0_days": 365}, "shift and arl0_days"),
+        (
+            {"kind": "cusum", "kpi": "score_psi", "window": "7d", "shift": 0.03, "arl0_days": 365},
+            "proportion",
+        ),
+        (
+            {
+                "kind": "cusum",
+                "kpi": "discordance_rate",
+                "shift": 0.03,
+                "arl0_days": 365,
+                "open_after": 2,
+            },
+            "first signal",
+        ),
+        (
+            {
+                "kind": "cusum",
+                "kpi": "discordance_rate",
+                "window": "7d",
+                "shift": 0.03,
+                "arl0_days": 365,
+            },
+            "window = '1d'",
+        ),
+        ({"shift": 0.03}, "for CUSUM rules"),
+    ],
+)
+def test_invalid_cusum_rules_are_refused(rule: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        policy(**rule)
+
+
+def test_the_cusum_trace_is_the_statistic_the_evaluator_holds() -> None:
+    rule = _cusum_policy().rules[0]
+    rates = [3.0] * 60 + [12.0] * 3 + [3.0] * 10
+    days = [
+        value(d, x / 100, kpi="discordance_rate", num=x, den=100.0) for d, x in enumerate(rates)
+    ]
+    trace = cusum_trace(rule, days)
+    assert [start for start, _, _ in trace] == [START + d * DAY_MS for d in range(60, 73)]
+    limit = trace[0][2]
+    statistics = [statistic for _, statistic, _ in trace]
+    assert statistics[2] == limit  # reached on the third shifted day, capped there
+    assert all(0.0 <= s <= limit for s in statistics) and statistics[-1] < limit
+    with pytest.raises(ValueError, match="not a CUSUM"):
+        cusum_trace(policy().rules[0], days)

@@ -144,14 +144,14 @@ def test_report_turnaround_is_split_by_ai_result() -> None:
 def test_summaries() -> None:
     ppv = KPI_BY_NAME["alert_ppv"]
     assert summarise_counts(ppv, 0, 0) is None
-    num, den, value, low, high, p50, p90 = summarise_counts(ppv, 3, 4) or ()
-    assert (num, den, value, p50, p90) == (3.0, 4.0, 0.75, None, None)
+    num, den, value, low, high, p50, p90, p_value = summarise_counts(ppv, 3, 4) or ()
+    assert (num, den, value, p50, p90, p_value) == (3.0, 4.0, 0.75, None, None, None)
     assert low is not None and high is not None and low < 0.75 < high
     rate = summarise_counts(KPI_BY_NAME["ai_positive_rate"], 1, 4)
     assert rate is not None and rate[2] == 25.0 and rate[4] is not None and rate[4] > 25.0
     assert KPI_BY_NAME["review_candidates"].kind is KpiKind.COUNT
     assert summarise_counts(KPI_BY_NAME["review_candidates"], 2, 9) == (
-        2.0, 9.0, 2.0, None, None, None, None,
+        2.0, 9.0, 2.0, None, None, None, None, None,
     )  # fmt: skip
     assert summarise_durations({}, 1.02) is None
     durations = summarise_durations({10: 3}, 1.02)
@@ -163,8 +163,9 @@ def test_kpi_value_built_without_validation_equals_the_validated_model() -> None
     from streams.core.kpi.catalogue import kpi_value
 
     for summary in [
-        (3, 4, 0.75, 0.3, 0.95, None, None),
-        (None, 12, 5000.0, None, None, 5000.0, 9000.0),
+        (3, 4, 0.75, 0.3, 0.95, None, None, None),
+        (None, 12, 5000.0, None, None, 5000.0, 9000.0, None),
+        (None, 140, 0.51, None, None, None, None, 0.0123),
     ]:
         built = kpi_value(0, 1, DAY_MS, ("site-01", "ich-detect", "*", "ICH"), 2, True, summary)
         assert built == KpiValue.model_validate(built.model_dump())

@@ -1,4 +1,4 @@
-"""Score drift: bins, PSI, the per-series reference and the score_psi KPI."""
+"""Score drift: bins, PSI, its chi-square test, the per-series reference and the KPI."""
 
 from __future__ import annotations
 
@@ -12,7 +12,13 @@ from schemas.records import Completeness, LineageRecord, Outcome
 from schemas.units import DAY_MS, MINUTE_MS
 from streams.core.kpi.aggregator import KpiAggregator
 from streams.core.kpi.config import KpiConfig
-from streams.core.kpi.drift import ScoreReference, population_stability_index, score_bin
+from streams.core.kpi.drift import (
+    ScoreReference,
+    homogeneity_test,
+    population_stability_index,
+    score_bin,
+)
+from streams.core.kpi.stats import chi2_sf
 from tests.unit.core.kpi.test_batch import feed
 
 START = 1_735_689_600_000
@@ -121,5 +127,65 @@ def test_score_psi_kpi_after_the_reference_period() -> None:
     assert all(psi[d].value < 0.1 for d in range(7, 14))
     assert all(psi[d].value > 0.25 for d in range(14, 21))
     assert all(v.denominator == 300 for v in psi.values())
+    assert all(psi[d].p_value is not None and psi[d].p_value > 1e-3 for d in range(7, 14))
+    assert all(psi[d].p_value is not None and psi[d].p_value < 1e-9 for d in range(14, 21))
+    assert {v.p_value for v in values if v.kpi != "score_psi"} == {None}
     weekly = [v for v in values if v.kpi == "score_psi" and v.window_size == "7d"]
     assert weekly and min(v.window_start_ms for v in weekly) == START + 7 * DAY_MS
+
+
+@pytest.mark.parametrize(
+    ("x", "df", "p"),
+    # Table values (the 5 % and 0.1 % critical values) and the two closed forms' edges.
+    [
+        (3.841459, 1, 0.05),
+        (5.991465, 2, 0.05),
+        (16.918978, 9, 0.05),
+        (18.307038, 10, 0.05),
+        (27.877165, 9, 0.001),
+        (10.827566, 1, 0.001),
+        (0.0, 3, 1.0),
+        (2.0, 2, math.exp(-1.0)),
+    ],
+)
+def test_chi_square_tail_against_tables(x: float, df: int, p: float) -> None:
+    assert chi2_sf(x, df) == pytest.approx(p, rel=1e-5)
+
+
+def test_homogeneity_test_by_hand() -> None:
+    # 2 x 2: expected 25 / 25 and 15 / 15; (5^2 / 25) * 2 + (5^2 / 15) * 2 = 16 / 3.
+    test = homogeneity_test([30, 10], [20, 20])
+    assert test is not None
+    assert (test.statistic, test.df) == (pytest.approx(16 / 3), 1)
+    assert test.p_value == pytest.approx(math.erfc(math.sqrt(8 / 3)))
+    # Sparse bins merge until the pooled count reaches 5 * 200 / 100 = 10: bins 0-3 are one
+    # group (51 / 49), bin 4 another (49 / 51); expected 50 in every cell: 4 * 1 / 50.
+    merged = homogeneity_test([1, 0, 0, 50, 49], [2, 1, 0, 46, 51])
+    assert merged is not None
+    assert (merged.statistic, merged.df) == (pytest.approx(4 / 50), 1)
+    # A remainder short of a group joins the last one; one group is no test.
+    assert homogeneity_test([50, 1], [50, 2]) is None
+    assert homogeneity_test([0, 0], [5, 5]) is None
+
+
+def test_homogeneity_p_values_of_a_stable_model_are_uniform() -> None:
+    """Windows of 140 scores against 280, the demo's sizes: PSI > 0.25 is common, p is not."""
+    rng = random.Random(7)
+
+    def histogram(n: int) -> list[int]:
+        bins = [0] * 10
+        for _ in range(n):
+            bins[min(int(rng.betavariate(2, 5) * 10), 9)] += 1
+        return bins
+
+    p_values, large_psi = [], 0
+    for _ in range(2000):
+        window, reference = histogram(140), histogram(280)
+        test = homogeneity_test(window, reference)
+        assert test is not None
+        p_values.append(test.p_value)
+        large_psi += (population_stability_index(window, reference) or 0.0) > 0.25
+    below = sum(p < 0.05 for p in p_values) / len(p_values)
+    assert 0.035 < below < 0.065  # 5 % +- 3 standard errors
+    assert sum(p < 0.001 for p in p_values) <= 6  # expected 2
+    assert large_psi > 6
