@@ -25,11 +25,10 @@ BASELINE_DAYS = 8
 
 def small_options(base: Path) -> DemoOptions:
     policy_text = POLICY.read_text(encoding="utf-8")
-    assert "baseline_days = 60" in policy_text
-    (base / "policy.toml").write_text(
-        policy_text.replace("baseline_days = 60", f"baseline_days = {BASELINE_DAYS}"),
-        encoding="utf-8",
-    )
+    assert "baseline_days = 60" in policy_text and "min_baseline_denominator = 300" in policy_text
+    short = policy_text.replace("baseline_days = 60", f"baseline_days = {BASELINE_DAYS}")
+    short = short.replace("min_baseline_denominator = 300", "min_baseline_denominator = 100")
+    (base / "policy.toml").write_text(short, encoding="utf-8")
     (base / "settings.toml").write_text('breach_policy = "policy.toml"\n', encoding="utf-8")
     return DemoOptions(
         workdir=base / "demo",

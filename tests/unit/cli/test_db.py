@@ -10,22 +10,27 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from sinks.chdb import ChdbSink
+from sinks.clickhouse.migrate import load_migrations
 from streams.cli.main import app
 from tests.unit.sinks import factory
 
 runner = CliRunner()
+MIGRATIONS = load_migrations()
 
 
 def test_migrate_status_and_query(tmp_path: Path) -> None:
     path = str(tmp_path / "chdb")
     first = runner.invoke(app, ["db", "migrate", "--chdb", path])
     assert first.exit_code == 0, first.output
-    assert "0001_audit_tables" in first.output and "2 migration(s) applied" in first.output
+    assert (
+        "0001_audit_tables" in first.output
+        and f"{len(MIGRATIONS)} migration(s) applied" in first.output
+    )
     again = runner.invoke(app, ["db", "migrate", "--chdb", path])
     assert again.exit_code == 0 and "up to date" in again.output
 
     status = runner.invoke(app, ["db", "status", "--chdb", path])
-    assert status.exit_code == 0 and status.output.count("applied") == 2
+    assert status.exit_code == 0 and status.output.count("applied") == len(MIGRATIONS)
 
     with ChdbSink(path) as sink:
         for record in factory.lineage_records(6):

@@ -21,10 +21,18 @@ def _copy(tmp_path: Path) -> list[str]:
     return ["--avsc-dir", str(tmp_path / "avro"), "--registry-dir", str(tmp_path / "registry")]
 
 
+def _versions() -> int:
+    """Versions registered in the repository's file registry, all subjects."""
+    return sum(
+        len(json.loads(path.read_text(encoding="utf-8"))["versions"])
+        for path in REGISTRY_DIR.glob("*.json")
+    )
+
+
 def test_check_passes_on_the_repository() -> None:
     result = runner.invoke(schemas_app, ["check"])
     assert result.exit_code == 0, result.output
-    assert "ok: 8 schemas, 10 registered versions" in result.output
+    assert f"ok: 8 schemas, {_versions()} registered versions" in result.output
 
 
 def test_imgov_has_the_schemas_commands() -> None:
@@ -59,7 +67,7 @@ def test_register_then_check_a_compatible_change(tmp_path: Path) -> None:
     result = runner.invoke(schemas_app, ["register", *options])
     assert result.exit_code == 0 and "imgov.events.v1.AlertEvent version 2" in result.output
     result = runner.invoke(schemas_app, ["check", *options])
-    assert result.exit_code == 0 and "11 registered versions" in result.output
+    assert result.exit_code == 0 and f"{_versions() + 1} registered versions" in result.output
     result = runner.invoke(schemas_app, ["register", *options])
     assert "nothing to register" in result.output
 
