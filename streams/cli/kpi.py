@@ -52,6 +52,7 @@ _COLUMNS = (
     "ci_high",
     "p50",
     "p90",
+    "p_value",
     "revision",
 )
 
@@ -127,6 +128,8 @@ def _value(row: dict[str, Any]) -> str:
         if row["ci_low"] is not None and row["ci_high"] is not None:
             ci = f" [{row['ci_low'] * 100:.1f}-{row['ci_high'] * 100:.1f}]"
         return f"{format_percent(value)}{ci}"
+    if spec is not None and spec.kind is KpiKind.SCORE and row["p_value"] is not None:
+        return f"{value:.4g} (p={row['p_value']:.2g})"
     return f"{value:.4g}"
 
 

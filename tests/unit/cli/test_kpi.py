@@ -77,8 +77,11 @@ def test_all_shows_every_emission_with_revisions(small_demo: DemoRun) -> None:
 def test_table_output_and_bad_options(small_demo: DemoRun) -> None:
     path = str(small_demo.options.chdb_path)
     table = runner.invoke(
-        app, ["kpi", "show", "--chdb", path, "--kpi", "score_psi", "--limit", "3"]
+        app,
+        ["kpi", "show", "--chdb", path, "--kpi", "score_psi", "--window", "1d", "--limit", "3"],
+        env={"COLUMNS": "200"},
     )
     assert table.exit_code == 0 and "final KPI values" in table.stdout
+    assert "(p=" in table.stdout  # score drift with the p-value of its chi-square test
     assert runner.invoke(app, ["kpi", "show", "--chdb", path, "--kpi", "nope"]).exit_code == 2
     assert runner.invoke(app, ["kpi", "show", "--chdb", path, "--window", "2d"]).exit_code == 2
