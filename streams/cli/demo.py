@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shlex
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,6 +23,7 @@ from rich.table import Table
 from schemas.errors import ImgovError
 from schemas.units import MISSING, format_day, format_percent
 from sinks.query import ChdbBackend
+from streams.core.kpi.breach import BreachRule
 from streams.replay.demo import (
     DEFAULT_DEMO_DIR,
     DEFAULT_REPORT,
@@ -31,7 +33,7 @@ from streams.replay.demo import (
     run_demo,
 )
 from streams.report.data import ReportData
-from streams.report.format import format_kpi_value
+from streams.report.format import format_breach_threshold, format_breach_value
 from streams.report.page import COMPLIANCE_QUERIES, load_policy_rules, outlier_rates, write_report
 from streams.simulate.config import DriftKind
 
@@ -105,7 +107,7 @@ def _scorecard_table(data: ReportData) -> Table:
     return table
 
 
-def _breach_tables(data: ReportData) -> list[Any]:
+def _breach_tables(data: ReportData, policy: Sequence[BreachRule]) -> list[Any]:
     out: list[Any] = []
     counts = Table(title="Breaches opened (table kpi_breaches)", title_justify="left")
     for name in ("rule", "severity", "opened", "still open", "where"):
@@ -134,8 +136,8 @@ def _breach_tables(data: ReportData) -> list[Any]:
         for b in critical:
             out.append(
                 f"  [red]●[/] [bold]{b['rule_id']}[/] {b['algorithm_name']} at {b['site_id']}: "
-                f"{b['kpi']} {format_kpi_value(b['kpi'], b['value'])} vs "
-                f"{format_kpi_value(b['kpi'], b['threshold'])} ({b['window_size']} window ending "
+                f"{b['kpi']} {format_breach_value(b.opened, policy)} vs "
+                f"{format_breach_threshold(b.opened, policy)} ({b['window_size']} window ending "
                 f"{format_day(b['window_end_ms'] - 1)})\n    [dim]{b['evidence']}[/]"
             )
     return out
@@ -158,8 +160,15 @@ def _review_lines(data: ReportData) -> list[str]:
     return lines
 
 
-def print_summary(data: ReportData, console: Console = _out) -> None:
-    """Prints the scorecard, breaches with evidence and review candidates of ``data``."""
+def print_summary(
+    data: ReportData, console: Console = _out, *, policy: Sequence[BreachRule] = ()
+) -> None:
+    """Prints the scorecard, breaches with evidence and review candidates of ``data``.
+
+    Args:
+        policy: the breach rules the values were judged by: a CUSUM breach is printed as
+            its statistic against its limit, any other in its KPI's unit.
+    """
     t = data.totals
     period = MISSING
     if data.period:
@@ -170,7 +179,7 @@ def print_summary(data: ReportData, console: Console = _out) -> None:
         f"final KPI windows, {t.get('rejected', 0):,} rejected inputs; period {period}"
     )
     console.print(_scorecard_table(data))
-    for item in _breach_tables(data):
+    for item in _breach_tables(data, policy):
         console.print(item)
     console.print()
     for line in _review_lines(data):
@@ -282,7 +291,8 @@ def demo_command(
         raise typer.Exit(1) from exc
 
     _out.print()
-    print_summary(data)
+    rules, _ = load_policy_rules(demo_settings(config).breach_policy)
+    print_summary(data, policy=rules)
     _out.print()
     _out.print("[bold]Compliance queries[/] (read-only, on the demo's audit tables):")
     for text in _queries(options.chdb_path, data):

@@ -2,22 +2,37 @@
 
 Each builder returns one ``<svg>`` (drawn by :func:`streams.report.svg.line_chart`) for
 one model: rates with their Wilson 95% bands by site, daily discordance against the
-site's baseline as the sustained-discordance rule sees it, score drift (PSI) against its
-thresholds, time to response, report turnaround. Breaches of the charted KPI are marked
-where they opened. Every series is final 7-day windows unless named otherwise.
+site's baseline as the sustained-discordance rule sees it, the statistic of a CUSUM rule
+against its control limit, score drift (PSI) against its thresholds, time to response,
+report turnaround. Breaches of the charted KPI are marked where they opened. Every series
+is final 7-day windows unless named otherwise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
+from schemas.records import KpiValue
 from schemas.units import DAY_MS, HOUR_MS, MINUTE_MS, format_day, format_percent
+from streams.core.kpi.breach import BreachRule, cusum_trace
 from streams.core.kpi.stats import wilson_interval
 from streams.report.data import KpiPoint, ReportData
+from streams.report.policy import discordance_baseline_days, discordance_baseline_rule
 from streams.report.style import NEGATIVE_COLOUR, POSITIVE_COLOUR, site_colour
-from streams.report.svg import Band, HLine, Marker, Series, Zone, line_chart
+from streams.report.svg import ALARM, Band, HLine, Marker, Series, Zone, line_chart
 
-__all__ = ["discordance_chart", "psi_chart", "rate_chart", "response_time_chart", "tat_chart"]
+__all__ = [
+    "cusum_chart",
+    "cusum_path",
+    "discordance_chart",
+    "psi_chart",
+    "rate_chart",
+    "response_time_chart",
+    "tat_chart",
+]
+
+RESOLVED_COLOUR = "#047857"
+"""Markers of resolutions (the report's ``--ok``)."""
 
 
 def _x_range(data: ReportData) -> tuple[int, int]:
@@ -33,13 +48,28 @@ def _inside(points: Sequence[KpiPoint], period: tuple[int, int]) -> list[KpiPoin
 
 
 def _markers(
-    data: ReportData, kpis: set[str], algorithm: str, site: str | None = None
+    data: ReportData,
+    kpis: set[str],
+    algorithm: str,
+    site: str | None = None,
+    *,
+    rules: Collection[str] | None = None,
+    resolutions: bool = False,
 ) -> list[Marker]:
+    """Returns a marker where each breach of ``kpis`` opened.
+
+    Args:
+        site: only that site's breaches (a single-site chart).
+        rules: only the breaches of these rule ids (None: of any rule).
+        resolutions: also a marker, without line, where each one resolved.
+    """
     out = []
     for b in data.breaches:
         if b["kpi"] not in kpis or b["algorithm_name"] != algorithm:
             continue
         if site is not None and b["site_id"] != site:
+            continue
+        if rules is not None and b["rule_id"] not in rules:
             continue
         state = (
             "open"
@@ -56,6 +86,12 @@ def _markers(
             colour = "#dc2626" if b["severity"] == "CRITICAL" else "#d97706"
         # Warnings can be many: a triangle each, a line down the plot only for critical.
         out.append(Marker(b["window_end_ms"], label, colour, b["severity"] == "CRITICAL"))
+        if resolutions and b.resolved is not None:
+            end = b.resolved["window_end_ms"]
+            label = (
+                f"{b['rule_id']} at {b['site_id']} resolved, window ending {format_day(end - 1)}"
+            )
+            out.append(Marker(end, label, RESOLVED_COLOUR, False))
     return out
 
 
@@ -106,18 +142,23 @@ def discordance_chart(
     algorithm: str,
     finding: str,
     site: str,
-    baseline_days: int,
+    policy: Sequence[BreachRule],
     *,
     with_model: bool = False,
 ) -> str:
     """Returns one site's daily discordance with the baseline of the discordance rule.
 
-    Days above the baseline's upper bound, after the baseline, are drawn in red.
+    Days above the baseline's upper bound, after the baseline, are drawn in red; the
+    breaches of the policy's sustained-discordance rule are marked (of any discordance
+    rule without a policy).
 
     Args:
-        baseline_days: the rule's baseline length (the first days of the site's data).
+        policy: the breach rules; the sustained-discordance one names the baseline length
+            (the first days of the site's data).
         with_model: name the model in the title (the chart stands alone, above).
     """
+    rule = discordance_baseline_rule(policy)
+    baseline_days = discordance_baseline_days(policy)
     # Mirrors the sustained-discordance rule: the baseline pools the site's daily
     # windows of its first ``baseline_days`` days; the line is its upper Wilson bound.
     points = [
@@ -137,7 +178,8 @@ def discordance_chart(
             _, high = wilson_interval(num, den)
             # The policy judged each day by its first final value; later revisions can
             # move the pooled baseline a little. Draw the bound the policy used.
-            high = _policy_bound(data, algorithm, site) or high
+            if rule is not None:
+                high = _policy_bound(data, rule.id, algorithm, site) or high
             hlines = [
                 HLine(num / den, f"baseline {format_percent(num / den)}", "#6b7280", False, True),
                 HLine(high, f"upper 95% {format_percent(high)}", "#dc2626"),
@@ -166,22 +208,125 @@ def discordance_chart(
         ),
         percent=True,
         hlines=hlines,
-        markers=_markers(data, {"discordance_rate"}, algorithm, site),
+        markers=_markers(
+            data, {"discordance_rate"}, algorithm, site, rules=None if rule is None else {rule.id}
+        ),
         legend=False,
     )
 
 
-def _policy_bound(data: ReportData, algorithm: str, site: str) -> float | None:
+# Only the baseline rule's breaches hold the bound: a CUSUM breach on the same series
+# holds its control limit, which is no proportion.
+def _policy_bound(data: ReportData, rule_id: str, algorithm: str, site: str) -> float | None:
     for b in data.breaches:
         if (
-            b["kpi"] == "discordance_rate"
-            and b["window_size"] == "1d"
+            b["rule_id"] == rule_id
             and b["algorithm_name"] == algorithm
             and b["site_id"] == site
             and b["threshold"] is not None
         ):
             return float(b["threshold"])
     return None
+
+
+def cusum_path(
+    data: ReportData, rule: BreachRule, algorithm: str, finding: str, site: str
+) -> list[tuple[int, float, float]]:
+    """Returns ``(window_end_ms, statistic, limit)`` of a CUSUM rule on one site's series.
+
+    The rule's statistic for every day after its baseline (``cusum_trace``), over the
+    final daily values of the audit tables, placed at the end of its day like the
+    daily points of the other charts.
+    """
+    points = data.points(rule.kpi, rule.window, site, algorithm, finding)
+    # kpi_final holds each window's latest revision, and the evaluator skips revisions
+    # after the first: present each one as the window's first final value. (The pipeline
+    # judged the first ones; a revised day can move the statistic, and the baseline
+    # the limit, a little from the breach's values.)
+    values = [
+        KpiValue(
+            kpi=rule.kpi,
+            window_size=rule.window,
+            window_start_ms=p.start_ms,
+            window_end_ms=p.end_ms,
+            site_id=site,
+            algorithm_name=algorithm,
+            algorithm_version="*",
+            finding_code=finding,
+            numerator=p.numerator,
+            denominator=p.denominator,
+            value=p.value,
+            final=True,
+            revision=1,
+        )
+        for p in points
+    ]
+    end_of = {p.start_ms: p.end_ms for p in points}
+    return [
+        (end_of[start], statistic, limit) for start, statistic, limit in cusum_trace(rule, values)
+    ]
+
+
+def cusum_chart(
+    data: ReportData,
+    rule: BreachRule,
+    algorithm: str,
+    finding: str,
+    site: str,
+    *,
+    with_model: bool = False,
+) -> str:
+    """Returns the path of a CUSUM rule's statistic at one site, with its control limit.
+
+    The days after the rule's baseline, to the end of the period, and the limit as a
+    dashed red line (its value in the title); days at the limit are drawn as red dots,
+    the rule's breaches marked where they opened and resolved.
+
+    Args:
+        rule: a ``kind = "cusum"`` rule on the daily series of the report.
+        with_model: name the model in the title (the chart stands alone, above).
+    """
+    # The whole series feeds the statistic (the baseline starts at the first day the
+    # pipeline saw); only the days inside the report's period are drawn.
+    period = _x_range(data)
+    path = [t for t in cusum_path(data, rule, algorithm, finding, site) if t[0] <= period[1]]
+    hlines: list[HLine] = []
+    at_limit: list[tuple[int, float | None]] = []
+    x_range = period
+    limit = ""
+    if path:
+        # The limit is named in the title: a label at either end of its line would sit
+        # on the days at the limit or on the climb to it.
+        hlines = [HLine(path[-1][2], "", ALARM)]
+        limit = f", limit h = {path[-1][2]:.3g}"
+        at_limit = [(x, s) for x, s, h in path if s >= h]
+        x_range = (min(path[0][0] - DAY_MS, period[1] - DAY_MS), period[1])
+    series = [
+        Series("CUSUM", [(x, s) for x, s, _ in path], site_colour(data.sites, site)),
+        Series(
+            "at the limit",
+            at_limit,
+            ALARM,
+            dots=True,
+            highlight=frozenset(x for x, _ in at_limit),
+        ),
+    ]
+    return line_chart(
+        series,
+        x_range=x_range,
+        title=(
+            f"{algorithm} at {site}: CUSUM{limit}"
+            if with_model
+            else f"{site}: CUSUM of daily discordance{limit}"
+        ),
+        hlines=hlines,
+        markers=_markers(data, {rule.kpi}, algorithm, site, rules={rule.id}, resolutions=True),
+        legend=False,
+        empty_text=(
+            f"no statistic yet: the {rule.baseline_days}-day baseline needs "
+            f"{rule.min_baseline_denominator:g} cases"
+        ),
+    )
 
 
 def _site_lines(

@@ -3,18 +3,22 @@
 Dates, minutes, percentages and the text of a missing value come from
 :mod:`schemas.units` (the CLI and the core print the same); what is particular to the
 report is here: the names a committee reads for each KPI and window, hours for report
-turnaround (p50 and p90 side by side, in one unit) and a breach's value in its KPI's unit.
+turnaround (p50 and p90 side by side, in one unit) and a breach's value and threshold in
+its KPI's unit, or, for a CUSUM rule, as the statistic and its control limit.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from schemas.units import HOUR_MS, MISSING, format_duration, format_percent
+from streams.core.kpi.breach import BreachRule, RuleKind
 
 __all__ = [
     "KPI_LABELS",
     "WINDOW_LABELS",
+    "format_breach_threshold",
     "format_breach_value",
     "format_hours",
     "format_kpi_value",
@@ -75,10 +79,30 @@ def format_kpi_value(kpi: str, value: float | None) -> str:
     return format_percent(value)
 
 
-def format_breach_value(b: dict[str, Any]) -> str:
-    """Returns the ``value`` of a breach row in the unit of its ``kpi``.
+def format_breach_value(b: Mapping[str, Any], policy: Sequence[BreachRule] = ()) -> str:
+    """Returns the ``value`` of a breach row, as its rule defines it.
 
-    Called with a copy of the row whose ``value`` is the threshold to write the
-    threshold the same way.
+    The statistic of a CUSUM rule (looked up in ``policy`` by the row's ``rule_id``) as
+    ``CUSUM 5.86``, any other value in the unit of the row's ``kpi`` (``23.4%``).
     """
+    if _is_cusum(b, policy):
+        return f"CUSUM {format_number(b['value'])}"
     return format_kpi_value(b["kpi"], b["value"])
+
+
+def format_breach_threshold(b: Mapping[str, Any], policy: Sequence[BreachRule] = ()) -> str:
+    """Returns the ``threshold`` of a breach row, as its rule defines it.
+
+    The control limit of a CUSUM rule of ``policy`` as ``limit 5.86``, any other
+    threshold in the unit of the row's ``kpi`` (``30.0%``).
+    """
+    if _is_cusum(b, policy):
+        return f"limit {format_number(b['threshold'])}"
+    return format_kpi_value(b["kpi"], b["threshold"])
+
+
+# A CUSUM breach holds the statistic and its limit, not values of the KPI: only the rule
+# that produced it says so (a breach row names its rule, not the rule's kind).
+def _is_cusum(b: Mapping[str, Any], policy: Sequence[BreachRule]) -> bool:
+    rule_id = b.get("rule_id")
+    return any(rule.id == rule_id and rule.kind is RuleKind.CUSUM for rule in policy)

@@ -6,10 +6,10 @@ inline CSS (:mod:`.style`): no script, no web font, no network access, so it can
 mailed, archived with the minutes and opened offline. Sections, in order
 (:mod:`.sections`): what needs attention (open breaches as sentences), how to read the
 report, the breaches with their evidence, the per-model scorecard (:mod:`.scorecard`),
-per model the KPI series by site (signal quality, the sustained-discordance rule, score
-drift, alert response, report turnaround), review candidates, the breach policy
-(:mod:`.policy`, read with the core's ``BreachPolicy``), and the compliance queries that
-reproduce the numbers (:mod:`.queries`).
+per model the KPI series by site (signal quality, the sustained-discordance rule and
+the CUSUM rule's statistic, score drift, alert response, report turnaround), review
+candidates, the breach policy (:mod:`.policy`, read with the core's ``BreachPolicy``),
+and the compliance queries that reproduce the numbers (:mod:`.queries`).
 
 The names callers use are importable from here.
 """

@@ -1,9 +1,10 @@
 """The breach policy as the report shows it, read with the core's own policy model.
 
-The report explains each breach by its rule and draws the sustained-discordance baseline
-the rule uses, so it reads the same file the pipeline judged with, through
-:class:`~streams.core.kpi.breach.BreachPolicy` (validation and defaults included):
-what the report says a rule does is what the evaluator did.
+The report explains each breach by its rule, and draws the sustained-discordance baseline
+and the path of each CUSUM rule's statistic as the rules compute them, so it reads the
+same file the pipeline judged with, through :class:`~streams.core.kpi.breach.BreachPolicy`
+(validation and defaults included): what the report says a rule does is what the
+evaluator did.
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ from pathlib import Path
 
 from streams.core.kpi.breach import BreachPolicy, BreachRule, RuleKind
 
-__all__ = ["BASELINE_DAYS", "discordance_baseline_days", "load_policy_rules"]
+__all__ = [
+    "BASELINE_DAYS",
+    "discordance_baseline_days",
+    "discordance_baseline_rule",
+    "discordance_cusum_rules",
+    "load_policy_rules",
+]
 
 BASELINE_DAYS = 60
 """Baseline of the sustained-discordance chart when the policy names none."""
@@ -33,9 +40,29 @@ def load_policy_rules(path: Path) -> tuple[tuple[BreachRule, ...], int | None]:
     return policy.rules, policy.version
 
 
-def discordance_baseline_days(policy: Sequence[BreachRule]) -> int:
-    """Returns the baseline length, in days, of the policy's sustained-discordance rule."""
+def discordance_baseline_rule(policy: Sequence[BreachRule]) -> BreachRule | None:
+    """Returns the policy's sustained-discordance rule (a baseline rule on discordance)."""
     for rule in policy:
         if rule.kpi == "discordance_rate" and rule.kind is RuleKind.BASELINE:
-            return rule.baseline_days
-    return BASELINE_DAYS
+            return rule
+    return None
+
+
+def discordance_baseline_days(policy: Sequence[BreachRule]) -> int:
+    """Returns the baseline length, in days, of the policy's sustained-discordance rule."""
+    rule = discordance_baseline_rule(policy)
+    return BASELINE_DAYS if rule is None else rule.baseline_days
+
+
+def discordance_cusum_rules(policy: Sequence[BreachRule]) -> list[BreachRule]:
+    """Returns the policy's CUSUM rules on daily discordance that judge each site.
+
+    Those are the ones the report can chart: it reads the site series (all versions).
+    """
+    return [
+        rule
+        for rule in policy
+        if rule.kpi == "discordance_rate"
+        and rule.kind is RuleKind.CUSUM
+        and rule.scope.matches("site", "*")
+    ]

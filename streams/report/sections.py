@@ -15,6 +15,7 @@ from typing import Any
 from schemas.units import format_day, format_minute
 from streams.core.kpi.breach import BreachRule, Evidence, RuleKind
 from streams.report.charts import (
+    cusum_chart,
     discordance_chart,
     psi_chart,
     rate_chart,
@@ -25,10 +26,11 @@ from streams.report.data import BreachHistory, ReportData
 from streams.report.format import (
     KPI_LABELS,
     WINDOW_LABELS,
+    format_breach_threshold,
     format_breach_value,
     format_number,
 )
-from streams.report.policy import discordance_baseline_days
+from streams.report.policy import discordance_baseline_days, discordance_cusum_rules
 from streams.report.style import site_colour
 
 __all__ = [
@@ -84,20 +86,17 @@ def _partial(row: dict[str, Any], data: ReportData) -> str:
     return ""
 
 
-def _sentence(b: BreachHistory, data: ReportData) -> str:
+def _sentence(b: BreachHistory, data: ReportData, policy: Sequence[BreachRule]) -> str:
     row = b.opened
     kpi = KPI_LABELS.get(row["kpi"], row["kpi"])
     window = WINDOW_LABELS.get(row["window_size"], row["window_size"])
-    threshold = row["threshold"]
     against = (
-        f" against {format_breach_value({**row, 'value': threshold})}"
-        if threshold is not None
-        else ""
+        f" against {format_breach_threshold(row, policy)}" if row["threshold"] is not None else ""
     )
     return (
         f'<li><span class="badge {row["severity"]}">{row["severity"]}</span> '
         f"<b>{escape(row['algorithm_name'])} at {escape(row['site_id'])}</b>: {window} "
-        f"{escape(kpi)} {format_breach_value(row)}{against} in the window ending "
+        f"{escape(kpi)} {format_breach_value(row, policy)}{against} in the window ending "
         f"{format_day(row['window_end_ms'] - 1)} (rule <code>{escape(row['rule_id'])}</code>)"
         f"{_partial(row, data)}.</li>"
     )
@@ -116,7 +115,7 @@ def attention_section(data: ReportData, policy: Sequence[BreachRule]) -> str:
             "governance policy is open.</p></div>"
         )
     shown = critical or data.open_breaches[:5]
-    items = "".join(_sentence(b, data) for b in shown)
+    items = "".join(_sentence(b, data, policy) for b in shown)
     rest = len(data.open_breaches) - len(shown)
     more = (
         f"<p class='meta'>…and {rest} open warning(s), listed under Breaches.</p>" if rest else ""
@@ -130,21 +129,25 @@ def attention_section(data: ReportData, policy: Sequence[BreachRule]) -> str:
 def _evidence_charts(
     data: ReportData, breaches: Sequence[BreachHistory], policy: Sequence[BreachRule]
 ) -> str:
-    """Returns the chart behind each breach listed (one per KPI, model and site)."""
+    """Returns the chart behind each breach listed (one per KPI, model and site).
+
+    A CUSUM breach is shown by its statistic's path (one chart per rule, model and site).
+    """
     panels: dict[tuple[str, str, str], str] = {}
+    cusums = {rule.id: rule for rule in discordance_cusum_rules(policy)}
     for b in breaches:
         kpi, algorithm, site = b["kpi"], b["algorithm_name"], b["site_id"]
         finding = b["finding_code"]
-        if kpi == "discordance_rate" and b["window_size"] == "1d":
+        cusum = cusums.get(b["rule_id"])
+        if cusum is not None:
+            key = (cusum.id, algorithm, site)
+            if key not in panels:
+                panels[key] = cusum_chart(data, cusum, algorithm, finding, site, with_model=True)
+        elif kpi == "discordance_rate" and b["window_size"] == "1d":
             key = (kpi, algorithm, site)
             if key not in panels:
                 panels[key] = discordance_chart(
-                    data,
-                    algorithm,
-                    finding,
-                    site,
-                    discordance_baseline_days(policy),
-                    with_model=True,
+                    data, algorithm, finding, site, policy, with_model=True
                 )
         elif kpi == "score_psi":
             key = (kpi, algorithm, "*")
@@ -157,13 +160,25 @@ def _evidence_charts(
                 panels[key] = rate_chart(data, kpi, algorithm, finding, title)
     if not panels:
         return ""
-    cells = "".join(f'<div class="panel">{svg}</div>' for svg in list(panels.values())[:3])
-    return f'<div class="grid" style="margin:6px 0 10px">{cells}</div>'
+    shown = list(panels.items())[:3]
+    cells = "".join(f'<div class="panel">{svg}</div>' for _, svg in shown)
+    note = ""
+    if any(key[0] in cusums for key, _ in shown):
+        note = (
+            '<p class="caption">The CUSUM is recomputed from the final daily values; the '
+            "pipeline judged each day on its first final value, so a day revised since can "
+            "move the statistic and its limit a little from the breach's.</p>"
+        )
+    return f'<div class="grid" style="margin:6px 0 10px">{cells}</div>{note}'
 
 
 def how_to_read_section(data: ReportData, policy: Sequence[BreachRule]) -> str:
-    """Returns the reading guide: what the numbers, lines, bands and triangles mean."""
+    """Returns the reading guide: what the numbers, lines, bands and triangles mean.
+
+    The CUSUM and the significance of drift are explained when the policy uses them.
+    """
     days = discordance_baseline_days(policy)
+    cusums = "".join(_cusum_guide(rule) for rule in discordance_cusum_rules(policy))
     return f"""
 <h2>How to read this report</h2>
 <div class="howto"><ul>
@@ -180,14 +195,44 @@ amber warning). The rules and their severities are listed at the end.</li>
 <li><b>Sustained discordance</b> (Mayo Clinic rule): each dot is one day's share of studies
 where AI and report disagree; the dashed line is the upper 95% bound of the site's own
 first {days} days. Seven red days in a row open a CRITICAL breach: review the model at
-that site.</li>
+that site.</li>{cusums}
 <li><b>Score drift</b> (PSI, population stability index of the AI score histogram against the
 first 14 days): below 0.1 no shift, 0.1 to 0.25 moderate, above 0.25 major. A drift without a
-change in discordance can still mean a new scanner or protocol.</li>
+change in discordance can still mean a new scanner or protocol.{_significance_guide(policy)}</li>
 <li><b>Review candidates</b> are AI-positive studies the report called negative and nobody
 interacted with the alert: candidates for a secondary read.</li>
 </ul>
 <p class="legend-sites">{_site_legend(data.sites)}</p></div>"""
+
+
+def _cusum_guide(rule: BreachRule) -> str:
+    assert rule.shift is not None and rule.arl0_days is not None  # a CUSUM rule has both
+    return (
+        f"<li><b>CUSUM</b> (rule <code>{escape(rule.id)}</code>): day after day, the statistic "
+        f"accumulates the evidence that the site's discordance has risen by {rule.shift:g} "
+        f"({rule.shift * 100:g} points) over its first {rule.baseline_days} days: a discordant "
+        "study adds to it, a concordant one takes a little away, and it never goes below 0. "
+        "It signals when it reaches the limit h (the dashed red line), set so that a site where "
+        f"nothing changed signals once in {rule.arl0_days:g} days on average (the in-control "
+        f"average run length), and opens a {rule.severity} breach; it stays at the limit while "
+        f"the shift lasts, and the breach resolves after {rule.resolve_after} days below "
+        "it (a green triangle).</li>"
+    )
+
+
+def _significance_guide(policy: Sequence[BreachRule]) -> str:
+    levels = sorted(
+        {1.0 - r.confidence for r in policy if r.evidence is Evidence.SIGNIFICANCE}, reverse=True
+    )
+    if not levels:
+        return ""
+    below = " or ".join(f"{level:.2g}" for level in levels)
+    return (
+        " A drift rule breaches only when the PSI is past its band <i>and</i> the chi-square "
+        "test of the window's scores against the reference gives a p-value below "
+        f"{below}: on a few hundred scores, the PSI of a stable model crosses the bands by "
+        "chance."
+    )
 
 
 def _site_legend(sites: Sequence[str]) -> str:
@@ -196,7 +241,7 @@ def _site_legend(sites: Sequence[str]) -> str:
     )
 
 
-def _breach_row(b: BreachHistory, data: ReportData) -> str:
+def _breach_row(b: BreachHistory, data: ReportData, policy: Sequence[BreachRule]) -> str:
     row = b.opened
     partial = ""
     if data.period is not None and row["window_end_ms"] > data.period[1]:
@@ -214,19 +259,21 @@ def _breach_row(b: BreachHistory, data: ReportData) -> str:
         f'<td class="nw">{escape(row["site_id"])}</td>'
         f'<td class="nw">{escape(row["window_size"])} ending '
         f"{format_day(row['window_end_ms'] - 1)}{partial}</td>"
-        f'<td class="r">{format_breach_value(row)}</td>'
-        f'<td class="r">{format_breach_value({**row, "value": row["threshold"]})}</td>'
+        f'<td class="r">{format_breach_value(row, policy)}</td>'
+        f'<td class="r">{format_breach_threshold(row, policy)}</td>'
         f'<td class="evidence">{escape(row["evidence"])}</td></tr>'
     )
 
 
-def _breach_table(rows: Sequence[BreachHistory], data: ReportData) -> str:
+def _breach_table(
+    rows: Sequence[BreachHistory], data: ReportData, policy: Sequence[BreachRule]
+) -> str:
     head = (
         "<table><tr><th>severity</th><th>state</th><th>rule</th><th>model</th><th>site</th>"
         '<th>opened on window</th><th class="r">value</th><th class="r">threshold</th>'
         "<th>evidence (the final KPI windows behind it)</th></tr>"
     )
-    return head + "".join(_breach_row(b, data) for b in rows) + "</table>"
+    return head + "".join(_breach_row(b, data, policy) for b in rows) + "</table>"
 
 
 def breaches_section(data: ReportData, policy: Sequence[BreachRule]) -> str:
@@ -251,11 +298,11 @@ def breaches_section(data: ReportData, policy: Sequence[BreachRule]) -> str:
         "triggered it (table <code>kpi_breaches</code>, view <code>breaches_open</code>).</p>",
     ]
     if open_rows:
-        html.append("<h3>Open</h3>" + _breach_table(open_rows, data))
+        html.append("<h3>Open</h3>" + _breach_table(open_rows, data, policy))
     if closed:
         html.append(
             f"<details><summary>{len(closed)} resolved breach(es)</summary>"
-            + _breach_table(closed, data)
+            + _breach_table(closed, data, policy)
             + "</details>"
         )
     return "".join(html)
@@ -264,7 +311,11 @@ def breaches_section(data: ReportData, policy: Sequence[BreachRule]) -> str:
 def model_section(
     data: ReportData, algorithm: str, finding: str, policy: Sequence[BreachRule]
 ) -> str:
-    """Returns the charts of one model: signal, discordance, alerts, drift, turnaround."""
+    """Returns the charts of one model: signal, discordance, alerts, drift, turnaround.
+
+    Beside the sustained-discordance charts, the path of each CUSUM rule on discordance
+    by site (when the policy has one).
+    """
     baseline_days = discordance_baseline_days(policy)
     panel = '<div class="panel">{}</div>'.format
     signal = "".join(
@@ -276,8 +327,14 @@ def model_section(
         )
     )
     discordance = "".join(
-        panel(discordance_chart(data, algorithm, finding, site, baseline_days))
-        for site in data.sites
+        panel(discordance_chart(data, algorithm, finding, site, policy)) for site in data.sites
+    )
+    cusums = "".join(
+        f"<h3>CUSUM of daily discordance (rule <code>{escape(rule.id)}</code>)</h3>"
+        f'<p class="caption">{escape(_cusum_caption(rule))}</p><div class="grid">'
+        + "".join(panel(cusum_chart(data, rule, algorithm, finding, site)) for site in data.sites)
+        + "</div>"
+        for rule in discordance_cusum_rules(policy)
     )
     response = panel(
         rate_chart(
@@ -307,7 +364,7 @@ def model_section(
 <h3>Signal quality against the final report</h3>
 <div class="grid">{signal}</div>
 <h3>Sustained discordance (baseline: the first {baseline_days} days of each site)</h3>
-<div class="grid">{discordance}</div>
+<div class="grid">{discordance}</div>{cusums}
 <h3>Alert usefulness</h3>
 <div class="grid2">{response}</div>
 <h3>Score drift and coverage</h3>
@@ -317,6 +374,16 @@ def model_section(
 the period in the scorecard). When the alert reprioritises the worklist, AI-positive
 studies should be reported sooner.</p>
 <div class="grid">{tat}</div>"""
+
+
+def _cusum_caption(rule: BreachRule) -> str:
+    return (
+        f"The statistic of each site after its first {rule.baseline_days} days, against its "
+        "control limit h (dashed red line; red dots: days at the limit). It is recomputed "
+        "here from the final daily values in the audit tables; the pipeline judged each day "
+        "on its first final value, so where a late report revised a day the statistic and h "
+        "can differ a little from the breach's (listed under Breaches)."
+    )
 
 
 def reviews_section(data: ReportData) -> str:
@@ -372,10 +439,22 @@ def _rule_test(rule: BreachRule) -> str:
     floor = f" (at least {rule.min_denominator:g} cases)"
     if rule.kind is RuleKind.BASELINE:
         return f"above the upper 95% bound of the first {rule.baseline_days} days" + floor
+    if rule.kind is RuleKind.CUSUM:
+        return (
+            f"its Bernoulli CUSUM, accumulating the evidence of a rise of {_as_written(rule.shift)}"
+            f" over the first {rule.baseline_days} days (at least "
+            f"{rule.min_baseline_denominator:g} cases), reaches the limit h set by an in-control"
+            f" average run length of {_as_written(rule.arl0_days)} days; it stays at h while"
+            " the shift lasts"
+        )
     stat = "" if rule.statistic == "value" else f"{rule.statistic} "
     test = f"{stat}{rule.comparator} {_as_written(rule.threshold)}"
     if rule.evidence is Evidence.INTERVAL:
         test += f", its one-sided {rule.confidence:.0%} Wilson bound too"
+    elif rule.evidence is Evidence.SIGNIFICANCE:
+        test += (
+            f", and a chi-square p-value against the reference below {1.0 - rule.confidence:.2g}"
+        )
     return test + floor
 
 

@@ -53,7 +53,7 @@ class Series:
 
 @dataclass(frozen=True, slots=True)
 class HLine:
-    """A horizontal reference line, labelled at the right end."""
+    """A horizontal reference line, labelled at the right end (unless the label is empty)."""
 
     y: float
     label: str
@@ -212,6 +212,8 @@ def line_chart(
             f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" '
             f'stroke="{h.color}" stroke-width="1.2"{dash}/>'
         )
+        if not h.label:
+            continue
         if h.label_left:
             out.append(
                 f'<text x="{left + 3}" y="{y + 10:.1f}" class="hll" fill="{h.color}">'

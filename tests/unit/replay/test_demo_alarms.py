@@ -9,7 +9,6 @@ the warnings must stay few enough to read.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from schemas.units import MISSING
-from streams.report.format import format_breach_value, format_hours, format_number
+from streams.core.kpi.breach import BreachRule
+from streams.report.format import (
+    format_breach_threshold,
+    format_breach_value,
+    format_hours,
+    format_number,
+)
 
 
 def test_breach_values_are_written_in_the_unit_of_their_kpi() -> None:
@@ -16,6 +22,36 @@ def test_breach_values_are_written_in_the_unit_of_their_kpi() -> None:
     assert value("score_psi", 0.31234) == "0.312"
     assert value("review_candidates", 12.0) == "12"
     assert value("alert_ppv", None) == MISSING
+
+
+def test_a_cusum_breach_is_written_as_its_statistic_and_limit() -> None:
+    cusum = BreachRule(
+        id="discordance-cusum",
+        kpi="discordance_rate",
+        window="1d",
+        kind="cusum",
+        shift=0.03,
+        arl0_days=1095,
+        severity="CRITICAL",
+    )
+    sustained = BreachRule(
+        id="sustained-discordance",
+        kpi="discordance_rate",
+        window="1d",
+        kind="baseline",
+        severity="CRITICAL",
+    )
+    policy = [sustained, cusum]
+    row = {"rule_id": "discordance-cusum", "kpi": "discordance_rate"}
+    statistic = {**row, "value": 5.863594, "threshold": 5.863594}
+    assert format_breach_value(statistic, policy) == "CUSUM 5.86"
+    assert format_breach_threshold(statistic, policy) == "limit 5.86"
+    # The rule's kind decides, not the KPI: the sustained rule's values stay proportions.
+    other = {**statistic, "rule_id": "sustained-discordance", "value": 0.226, "threshold": 0.114}
+    assert format_breach_value(other, policy) == "22.6%"
+    assert format_breach_threshold(other, policy) == "11.4%"
+    # Without the policy there is no telling: the KPI's unit.
+    assert format_breach_value(statistic) == "586.4%"
 
 
 def test_numbers_and_hours() -> None:

@@ -6,22 +6,29 @@ import json
 import re
 import time
 
+from schemas.records import KpiValue
 from sinks.query import ChdbBackend
+from streams.core.kpi.breach import BreachRule, RuleKind, cusum_trace
 from streams.replay.demo import DemoRun
-from streams.report.data import load_report_data
+from streams.report.data import ReportData, load_report_data
 from streams.report.page import load_policy_rules, outlier_rates, render_report
 from streams.report.svg import Band, HLine, Marker, Series, line_chart, nice_ticks
-from tests.unit.conftest import POLICY
+from tests.unit.conftest import BASELINE_DAYS, POLICY
+from tests.unit.report.test_cusum import polyline_points, svg_titled
 
 DAY = 86_400_000
 
 
-def test_report_from_the_small_demo(small_demo: DemoRun) -> None:
+def _small_demo_data(small_demo: DemoRun) -> ReportData:
     backend = ChdbBackend(small_demo.options.chdb_path)
     try:
-        data = load_report_data(backend, "test")
+        return load_report_data(backend, "test")
     finally:
         backend.close()
+
+
+def test_report_from_the_small_demo(small_demo: DemoRun) -> None:
+    data = _small_demo_data(small_demo)
     rules, version = load_policy_rules(POLICY)
     html = render_report(
         data, generated_at_ms=int(time.time() * 1000), policy=rules, policy_version=version
@@ -35,10 +42,11 @@ def test_report_from_the_small_demo(small_demo: DemoRun) -> None:
     assert data.totals["events"] == len(distinct) < small_demo.replay.events
     # Self-contained: no script, no external resource; one SVG per chart.
     assert "<script" not in html and "https://" not in html and "<link" not in html
-    # Per model: 3 signal charts, daily discordance per site (2), 2 alert, 2 drift and
-    # coverage, turnaround per site (2); above them, the charts behind the critical breaches.
+    # Per model: 3 signal charts, daily discordance and its CUSUM per site (2 + 2), 2 alert,
+    # 2 drift and coverage, turnaround per site (2); above them, the charts behind the
+    # critical breaches.
     models = html.split("Scorecard per model and site")[1]
-    assert len(re.findall(r"<svg ", models)) == 2 * (3 + 2 + 2 + 2 + 2)
+    assert len(re.findall(r"<svg ", models)) == 2 * (3 + 2 + 2 + 2 + 2 + 2)
     attention = html.split("What needs attention")[1].split("How to read")[0]
     assert 1 <= attention.count("<svg ") <= 3
     for heading in (
@@ -47,12 +55,69 @@ def test_report_from_the_small_demo(small_demo: DemoRun) -> None:
         "Breaches",
         "Scorecard per model and site",
         "Review candidates",
-        "Breach policy (version 2)",
+        "Breach policy (version 3)",
         "Reproduce these numbers",
     ):
         assert heading in html
     # The drifted series leads the attention list.
     assert "ich-detect at site-02" in attention and "CRITICAL" in attention
+    # A CUSUM breach holds the statistic and its limit, not proportions; the discordance
+    # charts' bound is the sustained rule's, never a CUSUM limit.
+    for b in data.breaches:
+        if b["rule_id"] == "discordance-cusum":
+            value, limit = f"{b['value']:.3g}", f"{b['threshold']:.3g}"
+            assert f'<td class="r">CUSUM {value}</td><td class="r">limit {limit}</td>' in html
+    assert all(float(x) < 50 for x in re.findall(r"upper 95% ([0-9.]+)%", html))
+
+
+def test_each_site_has_the_cusum_of_the_policy_rule(small_demo: DemoRun) -> None:
+    data = _small_demo_data(small_demo)
+    assert data.period is not None
+    rules, version = load_policy_rules(POLICY)
+    # The demo's first 8 days hold about 250 labelled studies a site, under the policy's
+    # 300 (and its 60 days are more than the run): the rule with a baseline that fits.
+    shipped = next(rule for rule in rules if rule.kind is RuleKind.CUSUM)
+    cusum = BreachRule.model_validate(
+        {
+            **shipped.model_dump(),
+            "baseline_days": BASELINE_DAYS,
+            "min_baseline_denominator": 100,
+        }
+    )
+    policy = [cusum if rule.id == cusum.id else rule for rule in rules]
+    html = render_report(data, generated_at_ms=0, policy=policy, policy_version=version)
+
+    for algorithm, finding in data.models:
+        section = html.split(f"<h2>{algorithm} ")[1].split("<h2>")[0]
+        for site in data.sites:
+            values = [
+                KpiValue(
+                    kpi="discordance_rate",
+                    window_size="1d",
+                    window_start_ms=p.start_ms,
+                    window_end_ms=p.end_ms,
+                    site_id=site,
+                    algorithm_name=algorithm,
+                    algorithm_version="*",
+                    finding_code=finding,
+                    numerator=p.numerator,
+                    denominator=p.denominator,
+                    value=p.value,
+                    final=True,
+                    revision=1,
+                )
+                for p in data.points("discordance_rate", "1d", site, algorithm, finding)
+            ]
+            trace = cusum_trace(cusum, values)
+            drawn = [t for t in trace if t[0] + DAY <= data.period[1]]
+            svg = svg_titled(section, f"{site}: CUSUM of daily discordance")
+            assert len(drawn) >= 2, (algorithm, site)
+            assert polyline_points(svg) == len(drawn), (algorithm, site)
+            assert f"limit h = {trace[-1][2]:.3g}" in svg
+            at_limit = svg.count('r="3" fill="#dc2626"')
+            assert at_limit == sum(1 for _, s, h in drawn if s >= h)
+            if (algorithm, site) == ("ich-detect", "site-02"):  # the drifted series
+                assert at_limit > 0
 
 
 def test_outliers_need_an_interval_apart_from_every_other_site() -> None:
