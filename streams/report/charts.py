@@ -17,6 +17,7 @@ from schemas.units import DAY_MS, HOUR_MS, MINUTE_MS, format_day, format_percent
 from streams.core.kpi.breach import BreachRule, cusum_trace
 from streams.core.kpi.stats import wilson_interval
 from streams.report.data import KpiPoint, ReportData
+from streams.report.format import KPI_LABELS
 from streams.report.policy import discordance_baseline_days, discordance_baseline_rule
 from streams.report.style import NEGATIVE_COLOUR, POSITIVE_COLOUR, site_colour
 from streams.report.svg import ALARM, Band, HLine, Marker, Series, Zone, line_chart
@@ -317,7 +318,7 @@ def cusum_chart(
         title=(
             f"{algorithm} at {site}: CUSUM{limit}"
             if with_model
-            else f"{site}: CUSUM of daily discordance{limit}"
+            else f"{site}: CUSUM of daily {KPI_LABELS.get(rule.kpi, rule.kpi)}{limit}"
         ),
         hlines=hlines,
         markers=_markers(data, {rule.kpi}, algorithm, site, rules={rule.id}, resolutions=True),

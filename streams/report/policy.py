@@ -18,8 +18,8 @@ __all__ = [
     "BASELINE_DAYS",
     "discordance_baseline_days",
     "discordance_baseline_rule",
-    "discordance_cusum_rules",
     "load_policy_rules",
+    "site_cusum_rules",
 ]
 
 BASELINE_DAYS = 60
@@ -54,15 +54,11 @@ def discordance_baseline_days(policy: Sequence[BreachRule]) -> int:
     return BASELINE_DAYS if rule is None else rule.baseline_days
 
 
-def discordance_cusum_rules(policy: Sequence[BreachRule]) -> list[BreachRule]:
-    """Returns the policy's CUSUM rules on daily discordance that judge each site.
+def site_cusum_rules(policy: Sequence[BreachRule]) -> list[BreachRule]:
+    """Returns the policy's CUSUM rules that judge each site (on any daily proportion).
 
     Those are the ones the report can chart: it reads the site series (all versions).
     """
     return [
-        rule
-        for rule in policy
-        if rule.kpi == "discordance_rate"
-        and rule.kind is RuleKind.CUSUM
-        and rule.scope.matches("site", "*")
+        rule for rule in policy if rule.kind is RuleKind.CUSUM and rule.scope.matches("site", "*")
     ]

@@ -30,7 +30,7 @@ from streams.report.format import (
     format_breach_value,
     format_number,
 )
-from streams.report.policy import discordance_baseline_days, discordance_cusum_rules
+from streams.report.policy import discordance_baseline_days, site_cusum_rules
 from streams.report.style import site_colour
 
 __all__ = [
@@ -134,7 +134,7 @@ def _evidence_charts(
     A CUSUM breach is shown by its statistic's path (one chart per rule, model and site).
     """
     panels: dict[tuple[str, str, str], str] = {}
-    cusums = {rule.id: rule for rule in discordance_cusum_rules(policy)}
+    cusums = {rule.id: rule for rule in site_cusum_rules(policy)}
     for b in breaches:
         kpi, algorithm, site = b["kpi"], b["algorithm_name"], b["site_id"]
         finding = b["finding_code"]
@@ -178,7 +178,7 @@ def how_to_read_section(data: ReportData, policy: Sequence[BreachRule]) -> str:
     The CUSUM and the significance of drift are explained when the policy uses them.
     """
     days = discordance_baseline_days(policy)
-    cusums = "".join(_cusum_guide(rule) for rule in discordance_cusum_rules(policy))
+    cusums = "".join(_cusum_guide(rule) for rule in site_cusum_rules(policy))
     return f"""
 <h2>How to read this report</h2>
 <div class="howto"><ul>
@@ -207,11 +207,17 @@ interacted with the alert: candidates for a secondary read.</li>
 
 def _cusum_guide(rule: BreachRule) -> str:
     assert rule.shift is not None and rule.arl0_days is not None  # a CUSUM rule has both
+    label = KPI_LABELS.get(rule.kpi, rule.kpi)
+    falling = rule.comparator.value.startswith("<")
+    direction, case = (
+        ("fallen", "a study that lowers it") if falling else ("risen", "a study that raises it")
+    )
     return (
         f"<li><b>CUSUM</b> (rule <code>{escape(rule.id)}</code>): day after day, the statistic "
-        f"accumulates the evidence that the site's discordance has risen by {rule.shift:g} "
-        f"({rule.shift * 100:g} points) over its first {rule.baseline_days} days: a discordant "
-        "study adds to it, a concordant one takes a little away, and it never goes below 0. "
+        f"accumulates the evidence that the site's {escape(label)} has {direction} by "
+        f"{rule.shift:g} ({rule.shift * 100:g} points) from its first {rule.baseline_days} "
+        f"days: {case} (a discordant study, a false positive) adds to it, any other takes a "
+        "little away, and it never goes below 0. "
         "It signals when it reaches the limit h (the dashed red line), set so that a site where "
         f"nothing changed signals once in {rule.arl0_days:g} days on average (the in-control "
         f"average run length), and opens a {rule.severity} breach; it stays at the limit while "
@@ -330,11 +336,12 @@ def model_section(
         panel(discordance_chart(data, algorithm, finding, site, policy)) for site in data.sites
     )
     cusums = "".join(
-        f"<h3>CUSUM of daily discordance (rule <code>{escape(rule.id)}</code>)</h3>"
+        f"<h3>CUSUM of daily {escape(KPI_LABELS.get(rule.kpi, rule.kpi))} "
+        f"(rule <code>{escape(rule.id)}</code>)</h3>"
         f'<p class="caption">{escape(_cusum_caption(rule))}</p><div class="grid">'
         + "".join(panel(cusum_chart(data, rule, algorithm, finding, site)) for site in data.sites)
         + "</div>"
-        for rule in discordance_cusum_rules(policy)
+        for rule in site_cusum_rules(policy)
     )
     response = panel(
         rate_chart(

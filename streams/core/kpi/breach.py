@@ -43,8 +43,9 @@ al., JACR 2025): daily discordance above the baseline's upper 95 % bound for 7
 consecutive days is CRITICAL.
 
 A rule of ``kind = "cusum"`` runs a Bernoulli CUSUM (``cusum``) on a daily proportion,
-against the same baseline: it detects a rise of ``shift`` (absolute, 0.03 = 3 points)
-with an in-control average run length of ``arl0_days``; the control limit is derived from
+against the same baseline: it detects a rise of ``shift`` (absolute, 0.03 = 3 points;
+a fall with ``comparator = "<"``, e.g. of specificity) with an in-control average run
+length of ``arl0_days``; the control limit is derived from
 both and the baseline (its proportion and labelled studies per day). A window is
 breaching when the statistic reaches the limit, healthy otherwise; the breach's value is
 the statistic, its threshold the limit, and its evidence the statistic's recent path.
@@ -443,7 +444,10 @@ class BreachEvaluator:
                 # (x + 1/2) / (n + 1): a baseline without a discordant case is not p0 = 0.
                 p0 = (events + 0.5) / (trials + 1.0)
                 per_day = trials / rule.baseline_days
-                series.chart = BernoulliCusum.design(p0, rule.shift, rule.arl0_days, per_day)
+                falling = rule.comparator in (Comparator.LT, Comparator.LE)
+                series.chart = BernoulliCusum.design(
+                    p0, rule.shift, rule.arl0_days, per_day, falling=falling
+                )
         return True
 
     def _breach(
@@ -510,8 +514,8 @@ class BreachEvaluator:
         evidence = (
             f"{verb} the limit h = {chart.h:.3g} of a Bernoulli CUSUM on {rule.kpi} per day: "
             f"in control p0 = {chart.p0:.4g} from {baseline}, shifted p1 = {chart.p1:.4g} "
-            f"(+{rule.shift:g}), in-control ARL {rule.arl0_days:g} days. Statistic now "
-            f"{series.statistic:.3g}; path (day, cases, statistic): {path}. "
+            f"({chart.p1 - chart.p0:+.4g}), in-control ARL {rule.arl0_days:g} days. "
+            f"Statistic now {series.statistic:.3g}; path (day, cases, statistic): {path}. "
             f"Policy v{self.policy.version}, rule {rule.id}."
         )
         return self._record(rule, v, state, bid, series.statistic, chart.h, evidence)

@@ -10,7 +10,9 @@ adds the log-likelihood ratio of "shifted" (``p1 = p0 + shift``) against "in con
 
     W_t = max(0, W_{t-1} + x_t ln(p1 / p0) + (n_t - x_t) ln((1 - p1) / (1 - p0)))
 
-with ``x_t`` discordant cases of ``n_t`` on day ``t``. It signals when ``W`` reaches the
+with ``x_t`` discordant cases of ``n_t`` on day ``t``. The same form watches for a fall
+(``p1 = p0 - shift``, e.g. of specificity): then the concordant cases push ``W`` up and
+the limit is that of the complementary proportion. It signals when ``W`` reaches the
 control limit ``h``; after a signal ``W`` stays at ``h`` (it is not allowed above), so
 that when the shift goes away it is below ``h`` again within days.
 
@@ -102,11 +104,22 @@ class BernoulliCusum:
 
     @classmethod
     def design(
-        cls, p0: float, shift: float, arl0_days: float, studies_per_day: float
+        cls,
+        p0: float,
+        shift: float,
+        arl0_days: float,
+        studies_per_day: float,
+        *,
+        falling: bool = False,
     ) -> BernoulliCusum:
-        """Returns the chart detecting ``p0 + shift`` with an in-control ARL of ``arl0_days``."""
+        """Returns the chart detecting ``p0 + shift`` (``p0 - shift`` when ``falling``)
+        with an in-control average run length of ``arl0_days``."""
+        arl0_studies = arl0_days * studies_per_day
+        if falling:
+            p1 = max(p0 - shift, 1e-9)
+            return cls(p0, p1, control_limit(1.0 - p0, 1.0 - p1, arl0_studies))
         p1 = min(p0 + shift, 1.0 - 1e-9)
-        return cls(p0, p1, control_limit(p0, p1, arl0_days * studies_per_day))
+        return cls(p0, p1, control_limit(p0, p1, arl0_studies))
 
     def step(self, statistic: float, events: float, trials: float) -> float:
         """Returns the statistic after a day of ``events`` of ``trials`` (before capping)."""

@@ -139,8 +139,8 @@ def test_the_cusum_chart_draws_the_rules_statistic_against_its_limit() -> None:
     breach = _breach(trace)
     html = model_section(_data([breach]), MODEL, FINDING, [SUSTAINED, CUSUM])
 
-    assert "CUSUM of daily discordance (rule <code>discordance-cusum</code>)" in html
-    svg = svg_titled(html, f"{SITE}: CUSUM of daily discordance")
+    assert "CUSUM of daily AI-report discordance (rule <code>discordance-cusum</code>)" in html
+    svg = svg_titled(html, f"{SITE}: CUSUM of daily AI-report discordance")
     # Every day after the baseline, in one line; the limit named and drawn (dashed red).
     assert len(trace) == DAYS - BASELINE_DAYS
     assert polyline_points(svg) == len(trace)

@@ -9,8 +9,8 @@ from streams.report.data import ReportData
 from streams.report.policy import (
     BASELINE_DAYS,
     discordance_baseline_days,
-    discordance_cusum_rules,
     load_policy_rules,
+    site_cusum_rules,
 )
 from streams.report.sections import how_to_read_section, policy_section
 from tests.unit.conftest import POLICY
@@ -21,10 +21,11 @@ def test_rules_come_from_the_core_policy_model() -> None:
     assert version == 3
     assert rules and all(isinstance(rule, BreachRule) for rule in rules)
     assert discordance_baseline_days(rules) == 60
-    assert [rule.id for rule in discordance_cusum_rules(rules)] == ["discordance-cusum"]
+    cusum_ids = [rule.id for rule in site_cusum_rules(rules)]
+    assert cusum_ids == ["discordance-cusum", "specificity-cusum"]
     # The report draws the site series: a CUSUM rule on another scope is not charted.
-    cusum = discordance_cusum_rules(rules)[0]
-    assert discordance_cusum_rules([cusum.model_copy(update={"scope": Scope.GLOBAL})]) == []
+    cusum = site_cusum_rules(rules)[0]
+    assert site_cusum_rules([cusum.model_copy(update={"scope": Scope.GLOBAL})]) == []
 
 
 def test_a_missing_or_invalid_policy_gives_no_rules(tmp_path: Path) -> None:
@@ -82,7 +83,7 @@ def test_the_reading_guide_explains_the_cusum_and_drift_significance() -> None:
     html = how_to_read_section(ReportData(source="test"), rules)
     guide = html.split("<b>CUSUM</b>")[1].split("</li>")[0]
     assert "rule <code>discordance-cusum</code>" in guide
-    assert "risen by 0.03 (3 points) over its first 60 days" in guide
+    assert "risen by 0.03 (3 points) from its first 60 days" in guide
     assert "limit h" in guide and "once in 1095 days on average" in guide
     assert "in-control average run length" in guide
     assert "stays at the limit while the shift lasts" in guide

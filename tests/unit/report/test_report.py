@@ -42,11 +42,11 @@ def test_report_from_the_small_demo(small_demo: DemoRun) -> None:
     assert data.totals["events"] == len(distinct) < small_demo.replay.events
     # Self-contained: no script, no external resource; one SVG per chart.
     assert "<script" not in html and "https://" not in html and "<link" not in html
-    # Per model: 3 signal charts, daily discordance and its CUSUM per site (2 + 2), 2 alert,
-    # 2 drift and coverage, turnaround per site (2); above them, the charts behind the
-    # critical breaches.
+    # Per model: 3 signal charts, daily discordance and the CUSUMs of discordance and of
+    # specificity per site (2 + 2 + 2), 2 alert, 2 drift and coverage, turnaround per site
+    # (2); above them, the charts behind the critical breaches.
     models = html.split("Scorecard per model and site")[1]
-    assert len(re.findall(r"<svg ", models)) == 2 * (3 + 2 + 2 + 2 + 2 + 2)
+    assert len(re.findall(r"<svg ", models)) == 2 * (3 + 2 + 2 + 2 + 2 + 2 + 2)
     attention = html.split("What needs attention")[1].split("How to read")[0]
     assert 1 <= attention.count("<svg ") <= 3
     for heading in (
@@ -110,7 +110,7 @@ def test_each_site_has_the_cusum_of_the_policy_rule(small_demo: DemoRun) -> None
             ]
             trace = cusum_trace(cusum, values)
             drawn = [t for t in trace if t[0] + DAY <= data.period[1]]
-            svg = svg_titled(section, f"{site}: CUSUM of daily discordance")
+            svg = svg_titled(section, f"{site}: CUSUM of daily AI-report discordance")
             assert len(drawn) >= 2, (algorithm, site)
             assert polyline_points(svg) == len(drawn), (algorithm, site)
             assert f"limit h = {trace[-1][2]:.3g}" in svg

@@ -519,3 +519,31 @@ def test_the_cusum_trace_is_the_statistic_the_evaluator_holds() -> None:
     assert all(0.0 <= s <= limit for s in statistics) and statistics[-1] < limit
     with pytest.raises(ValueError, match="not a CUSUM"):
         cusum_trace(policy().rules[0], days)
+
+
+def test_a_falling_cusum_watches_specificity() -> None:
+    rule = {
+        "kind": "cusum",
+        "kpi": "specificity",
+        "comparator": "<",
+        "shift": 0.03,
+        "arl0_days": 1095,
+        "baseline_days": 60,
+        "min_baseline_denominator": 300,
+    }
+    evaluator = BreachEvaluator(policy(**rule))
+    tn = [98.0] * 60 + [99.0, 97.0, 90.0, 91.0, 89.0, 92.0]
+    days = [value(d, x / 100, kpi="specificity", num=x, den=100.0) for d, x in enumerate(tn)]
+    chart = BernoulliCusum.design(5880.5 / 6001, 0.03, 1095, 100.0, falling=True)
+    statistic, opening_day = 0.0, None
+    for day, x in enumerate(tn[60:], start=60):  # by hand
+        statistic = chart.step(statistic, x, 100.0)
+        if statistic >= chart.h:
+            opening_day = day
+            break
+    out = run(evaluator, days)
+    assert opening_day is not None
+    assert [(b.state, b.window_start_ms) for b in out] == [
+        (BreachState.OPEN, START + opening_day * DAY_MS)
+    ]
+    assert "(-0.03)" in out[0].evidence and out[0].threshold == pytest.approx(chart.h)

@@ -57,3 +57,13 @@ def test_the_chart_steps_by_the_log_likelihood_ratio_and_never_goes_below_zero()
     assert chart.step(0.5, 0, 50) == 0.0
     with pytest.raises(ValueError, match="p0 < p1"):
         control_limit(0.06, 0.03, 1000)
+
+
+def test_a_falling_chart_is_the_rising_chart_of_the_complement() -> None:
+    # Specificity 0.98 falling by 3 points is the false-positive share rising 0.02 -> 0.05.
+    falling = BernoulliCusum.design(0.98, 0.03, 1095, 50.0, falling=True)
+    rising = BernoulliCusum.design(0.02, 0.03, 1095, 50.0)
+    assert (falling.p0, falling.p1) == (0.98, pytest.approx(0.95))
+    assert falling.h == pytest.approx(rising.h)
+    # 45 true negatives of 50 (5 false positives) move both charts alike.
+    assert falling.step(1.0, 45, 50) == pytest.approx(rising.step(1.0, 5, 50))
