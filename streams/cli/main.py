@@ -9,6 +9,7 @@ from streams.cli.audit import audit_app
 from streams.cli.db import db_app, query_command
 from streams.cli.demo import demo_command
 from streams.cli.kpi import kpi_app
+from streams.cli.policy import policy_app
 from streams.cli.replay import replay_command
 from streams.cli.schemas import schemas_app
 from streams.cli.simulate import simulate
@@ -37,6 +38,7 @@ app.command("replay")(replay_command)
 app.command("demo")(demo_command)
 app.add_typer(audit_app, name="audit")
 app.add_typer(kpi_app, name="kpi")
+app.add_typer(policy_app, name="policy")
 app.command("subscribe")(subscribe_command)
 
 

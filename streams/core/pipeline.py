@@ -24,7 +24,7 @@ reason LATE_AFTER_WINDOW_CLOSED (and are counted in ``aggregator.too_late``).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Iterator, Sequence
+from collections.abc import Collection, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from schemas.events import Event
@@ -89,6 +89,9 @@ class GovernanceProcessor:
         sources: the sources the driver will read (e.g. every input file); each holds
             the watermark back until it delivers or is finished. Events given without
             a source belong to ``DEFAULT_SOURCE``.
+        kpi_windows: only the windows of these (KPI name, window size) pairs are
+            computed and emitted (``KpiAggregator``); None: all of them. A driver that
+            only evaluates the breach policy passes the pairs its rules read.
     """
 
     def __init__(
@@ -98,10 +101,12 @@ class GovernanceProcessor:
         breaches: BreachEvaluator | None = None,
         store: StudyStore | None = None,
         sources: Iterable[Hashable] = (),
+        *,
+        kpi_windows: Collection[tuple[str, str]] | None = None,
     ) -> None:
         self._kpi_config = kpi or KpiConfig()
         self.joiner = LineageJoiner(lineage, store)
-        self.aggregator = KpiAggregator(self._kpi_config)
+        self.aggregator = KpiAggregator(self._kpi_config, kpi_windows=kpi_windows)
         self.watermarks = WatermarkTracker(self._kpi_config.allowed_lateness_ms, sources)
         self._lineage = LineageStep(self.joiner)
         self._kpi = KpiStep(self.aggregator, breaches)

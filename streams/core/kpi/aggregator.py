@@ -42,7 +42,10 @@ Emission rules:
   get their value when final;
 - retraction never drives a count negative (nor a numerator above its denominator): a
   retraction of something that was never added is refused and counted in
-  ``refused_retractions``.
+  ``refused_retractions``;
+- with ``kpi_windows`` only those (KPI, window size) pairs are emitted, each exactly
+  as without the restriction (a driver that needs a few, such as the breach policy
+  simulator, skips computing the rest).
 
 Revisions of one lineage key must arrive in order (the joiner emits them so); keys
 may interleave in any order. For any such interleaving, the last value of every window
@@ -57,12 +60,14 @@ revisions in ``streams.core.kpi.emission``, the wording of late dead letters in
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from schemas.records import DeadLetter, KpiValue, LineageRecord
 from schemas.units import DAY_MS, HOUR_MS
-from streams.core.kpi.catalogue import ContributionBuilder, Item, KpiKind
+from streams.core.kpi.catalogue import KPIS, ContributionBuilder, Item, KpiKind
 from streams.core.kpi.config import KpiConfig
 from streams.core.kpi.drift import SeriesReferences
-from streams.core.kpi.emission import Row, WindowEmitter, kpi_values
+from streams.core.kpi.emission import Cand, Row, WindowEmitter, kpi_values
 from streams.core.kpi.late import late_dead_letter
 from streams.core.kpi.panes import ALLOWED, KINDS, MIN_MS, SIZE_MS, PaneStore
 from streams.core.kpi.series import SeriesIndex
@@ -87,10 +92,22 @@ class KpiAggregator:
         config: KPI options; defaults documented in ``streams.core.kpi.config``.
         current_on_demand: current values are emitted only by ``emit_current``
             (``emit_interval_ms`` is ignored); final values stay driven by event time.
+        kpi_windows: the (KPI name, window size) pairs to emit, e.g.
+            ``{("alert_ppv", "30d")}``; None: every KPI and window of the catalogue.
+
+    Raises:
+        ValueError: ``kpi_windows`` names a KPI or window size that does not exist.
     """
 
-    def __init__(self, config: KpiConfig | None = None, *, current_on_demand: bool = False) -> None:
+    def __init__(
+        self,
+        config: KpiConfig | None = None,
+        *,
+        current_on_demand: bool = False,
+        kpi_windows: Collection[tuple[str, str]] | None = None,
+    ) -> None:
         cfg = config or KpiConfig()
+        self._wanted = None if kpi_windows is None else _wanted_indices(kpi_windows)
         self._contribution = ContributionBuilder(cfg)
         self._horizon = cfg.late_horizon_ms
         self._interval = None if current_on_demand else cfg.emit_interval_ms
@@ -228,9 +245,8 @@ class KpiAggregator:
         if self._max_event_ms is None:
             return []
         emitter, wm = self._emitter, self._wm
-        return kpi_values(
-            emitter.emit(emitter.late_candidates(wm) | emitter.current_candidates(wm), wm)
-        )
+        cands = emitter.late_candidates(wm) | emitter.current_candidates(wm)
+        return kpi_values(self._emit(cands, wm))
 
     def close_all(self) -> list[KpiValue]:
         """Makes every window final (end of input) and returns what that emits.
@@ -246,7 +262,7 @@ class KpiAggregator:
         if end > self._wm:
             rows = self._advance_watermark(end)
         else:
-            rows = self._emitter.emit(self._emitter.late_candidates(self._wm), self._wm)
+            rows = self._emit(self._emitter.late_candidates(self._wm), self._wm)
         self._emitter.dirty.clear()
         return kpi_values(rows)
 
@@ -346,7 +362,7 @@ class KpiAggregator:
         ):
             self._last_emit_ms = self._max_event_ms
             emitter, wm = self._emitter, self._wm
-            rows = emitter.emit(emitter.late_candidates(wm) | emitter.current_candidates(wm), wm)
+            rows = self._emit(emitter.late_candidates(wm) | emitter.current_candidates(wm), wm)
             return kpi_values(rows) if rows else []
         return []
 
@@ -363,7 +379,7 @@ class KpiAggregator:
         # 1. Revisions of windows that were final before, at the old watermark: this
         # advance may close them and drop their panes.
         emitter = self._emitter
-        out = emitter.emit(emitter.late_candidates(old), old)
+        out = self._emit(emitter.late_candidates(old), old)
         # 2. Windows that just became final.
         self._wm = wm
         self._next_boundary = wm - wm % _H + _H
@@ -375,8 +391,33 @@ class KpiAggregator:
         x = wm - SIZE_MS[-1] - _D - self._horizon
         self._open_day = x - x % _D + _D
         self._panes.compact(wm - wm % _D)
-        out.extend(emitter.emit(emitter.finalized_candidates(old, wm), wm))
+        out.extend(self._emit(emitter.finalized_candidates(old, wm), wm))
         # 3. Panes and emitted-window entries of closed windows.
         self._panes.prune(self._open_hour, self._open_day)
         emitter.prune(wm)
         return out
+
+    def _emit(self, cands: set[Cand], wm: int) -> list[Row]:
+        """The emitter's rows of ``cands``, restricted to ``kpi_windows`` when given."""
+        if self._wanted is not None:
+            wanted = self._wanted
+            cands = {c for c in cands if (c[0], c[2]) in wanted}
+        return self._emitter.emit(cands, wm)
+
+
+def _wanted_indices(kpi_windows: Collection[tuple[str, str]]) -> frozenset[tuple[int, int]]:
+    """(KPI index, window size index) of each (KPI name, window size) pair.
+
+    Raises:
+        ValueError: an unknown KPI or window size.
+    """
+    kpi_index = {spec.name: k for k, spec in enumerate(KPIS)}
+    size_index = {spec.name: s for s, spec in enumerate(WINDOW_SPECS)}
+    wanted: set[tuple[int, int]] = set()
+    for kpi, window in kpi_windows:
+        if kpi not in kpi_index:
+            raise ValueError(f"unknown KPI {kpi!r}")
+        if window not in size_index:
+            raise ValueError(f"unknown window size {window!r}; sizes are {list(size_index)}")
+        wanted.add((kpi_index[kpi], size_index[window]))
+    return frozenset(wanted)

@@ -271,3 +271,39 @@ def test_retracting_what_was_never_added_is_refused() -> None:
         aggregator.retract(c[-1])
     assert aggregator.refused_retractions > 0
     assert _pane_counts(aggregator) == []
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_kpi_windows_emit_exactly_those_values_of_the_whole_catalogue(ordered: bool) -> None:
+    """A driver that needs a few KPI windows (the policy simulator) gets the same values."""
+    rng = random.Random(11)
+    chains = [chain(s) for s in random_studies(rng, 400, span_ms=40 * DAY_MS)]
+    pairs = time_ordered(chains) if ordered else interleave(chains, rng)
+    config = KpiConfig(psi_reference_ms=REFERENCE, emit_interval_ms=None)
+    wanted = {
+        ("alert_ppv", "30d"),
+        ("discordance_rate", "1d"),
+        ("score_psi", "7d"),
+        ("time_to_result", "1d"),
+        ("coverage", "1h"),
+    }
+    everything = KpiAggregator(config)
+    some = KpiAggregator(config, kpi_windows=wanted)
+    all_values: list[KpiValue] = []
+    some_values: list[KpiValue] = []
+    for old, new in pairs:
+        all_values += feed(everything, old, new)
+        some_values += feed(some, old, new)
+    all_values += everything.close_all()
+    some_values += some.close_all()
+    expected = [v for v in all_values if (v.kpi, v.window_size) in wanted]
+    assert {(v.kpi, v.window_size) for v in expected} == wanted
+    assert any(v.revision > 1 for v in expected) or ordered
+    assert some_values == expected
+
+
+def test_kpi_windows_name_known_kpis_and_sizes() -> None:
+    with pytest.raises(ValueError, match="unknown KPI 'ppv'"):
+        KpiAggregator(kpi_windows={("ppv", "30d")})
+    with pytest.raises(ValueError, match="unknown window size '2d'"):
+        KpiAggregator(kpi_windows={("alert_ppv", "2d")})
