@@ -26,6 +26,7 @@ __all__ = [
     "cusum_chart",
     "cusum_path",
     "discordance_chart",
+    "judged_values",
     "psi_chart",
     "rate_chart",
     "response_time_chart",
@@ -230,21 +231,17 @@ def _policy_bound(data: ReportData, rule_id: str, algorithm: str, site: str) -> 
     return None
 
 
-def cusum_path(
+def judged_values(
     data: ReportData, rule: BreachRule, algorithm: str, finding: str, site: str
-) -> list[tuple[int, float, float]]:
-    """Returns ``(window_end_ms, statistic, limit)`` of a CUSUM rule on one site's series.
+) -> list[KpiValue]:
+    """Returns one site's final values of a rule's KPI and window, as the evaluator takes them.
 
-    The rule's statistic for every day after its baseline (``cusum_trace``), over the
-    final daily values of the audit tables, placed at the end of its day like the
-    daily points of the other charts.
+    ``kpi_final`` holds each window's latest revision, and the evaluator skips revisions
+    after the first: each is presented as the window's first final value. (The pipeline
+    judged the first ones; a revised day can move a CUSUM's statistic, and the baseline
+    its limit, a little from the breach's values.)
     """
-    points = data.points(rule.kpi, rule.window, site, algorithm, finding)
-    # kpi_final holds each window's latest revision, and the evaluator skips revisions
-    # after the first: present each one as the window's first final value. (The pipeline
-    # judged the first ones; a revised day can move the statistic, and the baseline
-    # the limit, a little from the breach's values.)
-    values = [
+    return [
         KpiValue(
             kpi=rule.kpi,
             window_size=rule.window,
@@ -260,9 +257,21 @@ def cusum_path(
             final=True,
             revision=1,
         )
-        for p in points
+        for p in data.points(rule.kpi, rule.window, site, algorithm, finding)
     ]
-    end_of = {p.start_ms: p.end_ms for p in points}
+
+
+def cusum_path(
+    data: ReportData, rule: BreachRule, algorithm: str, finding: str, site: str
+) -> list[tuple[int, float, float]]:
+    """Returns ``(window_end_ms, statistic, limit)`` of a CUSUM rule on one site's series.
+
+    The rule's statistic for every day after its baseline (``cusum_trace``), over the
+    final daily values of the audit tables (``judged_values``), placed at the end of its
+    day like the daily points of the other charts.
+    """
+    values = judged_values(data, rule, algorithm, finding, site)
+    end_of = {v.window_start_ms: v.window_end_ms for v in values}
     return [
         (end_of[start], statistic, limit) for start, statistic, limit in cusum_trace(rule, values)
     ]

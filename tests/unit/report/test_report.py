@@ -6,10 +6,10 @@ import json
 import re
 import time
 
-from schemas.records import KpiValue
 from sinks.query import ChdbBackend
 from streams.core.kpi.breach import BreachRule, RuleKind, cusum_trace
 from streams.replay.demo import DemoRun
+from streams.report.charts import judged_values
 from streams.report.data import ReportData, load_report_data
 from streams.report.page import load_policy_rules, outlier_rates, render_report
 from streams.report.svg import Band, HLine, Marker, Series, line_chart, nice_ticks
@@ -90,24 +90,7 @@ def test_each_site_has_the_cusum_of_the_policy_rule(small_demo: DemoRun) -> None
     for algorithm, finding in data.models:
         section = html.split(f"<h2>{algorithm} ")[1].split("<h2>")[0]
         for site in data.sites:
-            values = [
-                KpiValue(
-                    kpi="discordance_rate",
-                    window_size="1d",
-                    window_start_ms=p.start_ms,
-                    window_end_ms=p.end_ms,
-                    site_id=site,
-                    algorithm_name=algorithm,
-                    algorithm_version="*",
-                    finding_code=finding,
-                    numerator=p.numerator,
-                    denominator=p.denominator,
-                    value=p.value,
-                    final=True,
-                    revision=1,
-                )
-                for p in data.points("discordance_rate", "1d", site, algorithm, finding)
-            ]
+            values = judged_values(data, cusum, algorithm, finding, site)
             trace = cusum_trace(cusum, values)
             drawn = [t for t in trace if t[0] + DAY <= data.period[1]]
             svg = svg_titled(section, f"{site}: CUSUM of daily AI-report discordance")
