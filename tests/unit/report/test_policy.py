@@ -51,7 +51,7 @@ def test_the_policy_table_writes_rules_as_the_file_does() -> None:
     assert (
         "its Bernoulli CUSUM, accumulating the evidence of a rise of 0.03 over the first 60 days"
         " (at least 300 cases), reaches the limit h set by an in-control average run length of"
-        " 1095 days; it stays at h while the shift lasts" in html
+        " 2190 days; it stays at h while the shift lasts" in html
     )
     assert (
         "&gt;= 0.1, and a chi-square p-value against the reference below 0.001 (at least 100"
@@ -84,7 +84,7 @@ def test_the_reading_guide_explains_the_cusum_and_drift_significance() -> None:
     guide = html.split("<b>CUSUM</b>")[1].split("</li>")[0]
     assert "rule <code>discordance-cusum</code>" in guide
     assert "risen by 0.03 (3 points) from its first 60 days" in guide
-    assert "limit h" in guide and "once in 1095 days on average" in guide
+    assert "limit h" in guide and "once in 2190 days on average" in guide
     assert "in-control average run length" in guide
     assert "stays at the limit while the shift lasts" in guide
     assert "resolves after 7 days below it" in guide

@@ -100,7 +100,7 @@ def test_the_default_policy_file_parses() -> None:
         "cusum",
         "discordance_rate",
         0.03,
-        1095,
+        2190,
     )
 
 
@@ -426,8 +426,8 @@ def test_cusum_opens_when_the_statistic_reaches_the_derived_limit() -> None:
         for d, x in enumerate(baseline + shifted)
     ]
     p0 = 180.5 / 6001
-    chart = BernoulliCusum.design(p0, 0.03, 1095, 100.0)
-    assert chart.h == pytest.approx(control_limit(p0, p0 + 0.03, 1095 * 100))
+    chart = BernoulliCusum.design(p0, 0.03, 2190, 100.0)
+    assert chart.h == pytest.approx(control_limit(p0, p0 + 0.03, 2190 * 100))
     up, down = math.log(chart.p1 / p0), math.log((1 - chart.p1) / (1 - p0))
     statistic, opening_day = 0.0, None
     for day, x in enumerate(shifted, start=60):  # by hand
