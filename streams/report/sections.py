@@ -208,9 +208,10 @@ interacted with the alert: candidates for a secondary read.</li>
 def _cusum_guide(rule: BreachRule) -> str:
     assert rule.shift is not None and rule.arl0_days is not None  # a CUSUM rule has both
     label = KPI_LABELS.get(rule.kpi, rule.kpi)
-    falling = rule.comparator.value.startswith("<")
     direction, case = (
-        ("fallen", "a study that lowers it") if falling else ("risen", "a study that raises it")
+        ("fallen", "a study that lowers it")
+        if rule.comparator.below
+        else ("risen", "a study that raises it")
     )
     return (
         f"<li><b>CUSUM</b> (rule <code>{escape(rule.id)}</code>): day after day, the statistic "
@@ -448,7 +449,8 @@ def _rule_test(rule: BreachRule) -> str:
         return f"above the upper 95% bound of the first {rule.baseline_days} days" + floor
     if rule.kind is RuleKind.CUSUM:
         return (
-            f"its Bernoulli CUSUM, accumulating the evidence of a rise of {_as_written(rule.shift)}"
+            f"its Bernoulli CUSUM, accumulating the evidence of a "
+            f"{'fall' if rule.comparator.below else 'rise'} of {_as_written(rule.shift)}"
             f" over the first {rule.baseline_days} days (at least "
             f"{rule.min_baseline_denominator:g} cases), reaches the limit h set by an in-control"
             f" average run length of {_as_written(rule.arl0_days)} days; it stays at h while"

@@ -122,6 +122,11 @@ class Comparator(StrEnum):
             return value > threshold
         return value >= threshold
 
+    @property
+    def below(self) -> bool:
+        """Whether the comparator looks below the threshold (``<``, ``<=``): a fall."""
+        return self in (Comparator.LT, Comparator.LE)
+
 
 class RuleKind(StrEnum):
     THRESHOLD = "threshold"
@@ -402,7 +407,7 @@ class BreachEvaluator:
             return False
         if rule.evidence is Evidence.INTERVAL:
             low, high = wilson_interval(v.numerator or 0.0, denominator, rule.z)
-            bound = low if rule.comparator in (Comparator.GT, Comparator.GE) else high
+            bound = high if rule.comparator.below else low
             if not rule.comparator.holds(bound, rule.threshold):
                 return None  # past the threshold, but not beyond doubt: no evidence
         elif rule.evidence is Evidence.SIGNIFICANCE and (
@@ -444,9 +449,8 @@ class BreachEvaluator:
                 # (x + 1/2) / (n + 1): a baseline without a discordant case is not p0 = 0.
                 p0 = (events + 0.5) / (trials + 1.0)
                 per_day = trials / rule.baseline_days
-                falling = rule.comparator in (Comparator.LT, Comparator.LE)
                 series.chart = BernoulliCusum.design(
-                    p0, rule.shift, rule.arl0_days, per_day, falling=falling
+                    p0, rule.shift, rule.arl0_days, per_day, falling=rule.comparator.below
                 )
         return True
 

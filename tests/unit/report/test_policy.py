@@ -53,6 +53,7 @@ def test_the_policy_table_writes_rules_as_the_file_does() -> None:
         " (at least 300 cases), reaches the limit h set by an in-control average run length of"
         " 2190 days; it stays at h while the shift lasts" in html
     )
+    assert "its Bernoulli CUSUM, accumulating the evidence of a fall of 0.03" in html
     assert (
         "&gt;= 0.1, and a chi-square p-value against the reference below 0.001 (at least 100"
         " cases)" in html
