@@ -63,6 +63,7 @@ __all__ = [
     "build_processor",
     "build_pseudonymiser",
     "build_validator",
+    "load_breach_policy",
     "load_settings",
     "settings_from_mapping",
     "wall_clock_ms",
@@ -308,19 +309,25 @@ def lineage_config(settings: GovernanceSettings) -> LineageConfig:
         raise ConfigurationError(f"invalid lineage settings: {exc}") from exc
 
 
+def load_breach_policy(path: Path) -> BreachPolicy:
+    """Reads a breach policy file.
+
+    Raises:
+        ConfigurationError: the file is missing, not TOML or not a valid policy.
+    """
+    try:
+        return BreachPolicy.from_toml(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"cannot load the breach policy {path}: {exc}") from exc
+
+
 def build_breach_evaluator(settings: GovernanceSettings) -> BreachEvaluator:
     """Returns a fresh evaluator of the breach policy file of ``settings``.
 
     Raises:
         ConfigurationError: the policy file is missing or invalid.
     """
-    try:
-        policy = BreachPolicy.from_toml(settings.breach_policy.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigurationError(
-            f"cannot load the breach policy {settings.breach_policy}: {exc}"
-        ) from exc
-    return BreachEvaluator(policy)
+    return BreachEvaluator(load_breach_policy(settings.breach_policy))
 
 
 def build_processor(settings: GovernanceSettings) -> GovernanceProcessor:

@@ -28,14 +28,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from schemas.errors import ImgovError
-from streams.governance import DEFAULT_POLICY
+from streams.governance import DEFAULT_POLICY, load_breach_policy
 from streams.replay.policy_sim import (
     DAYS_PER_YEAR,
     DEFAULT_ALGORITHM,
     PolicyReport,
     PolicySimulation,
     RunResult,
-    load_policy,
     simulate_policies,
     simulator_settings,
 )
@@ -281,7 +280,7 @@ def simulate_command(
     try:
         settings = simulator_settings(config)
         policy_path = policy or (settings.breach_policy if config is not None else DEFAULT_POLICY)
-        breach_policy = load_policy(policy_path)
+        breach_policy = load_breach_policy(policy_path)
         simulations = [
             PolicySimulation(
                 policy=breach_policy,

@@ -55,7 +55,11 @@ from schemas.units import DAY_MS
 from streams.core.kpi.breach import BreachEvaluator, BreachPolicy
 from streams.core.lineage.config import AlgorithmEligibility
 from streams.core.pipeline import GovernanceProcessor
-from streams.governance import ConfigurationError, GovernanceSettings, lineage_config, load_settings
+from streams.governance import (
+    GovernanceSettings,
+    lineage_config,
+    load_settings,
+)
 from streams.replay.demo import replay_chunk_size
 from streams.replay.policy_tally import (
     ALL_RULES,
@@ -84,7 +88,6 @@ __all__ = [
     "PolicySimulationError",
     "RunResult",
     "build_policy_processor",
-    "load_policy",
     "policy_kpi_windows",
     "replay_breaches",
     "run_one",
@@ -278,18 +281,6 @@ class PolicyReport:
     def series_years(self) -> float:
         """Exposure of the stable runs: one (site, algorithm) series per run."""
         return self.simulation.seeds * self.simulation.stable_days / DAYS_PER_YEAR
-
-
-def load_policy(path: Path) -> BreachPolicy:
-    """Reads a breach policy file.
-
-    Raises:
-        ConfigurationError: the file is missing, not TOML or not a valid policy.
-    """
-    try:
-        return BreachPolicy.from_toml(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigurationError(f"cannot load the breach policy {path}: {exc}") from exc
 
 
 def simulator_settings(

@@ -15,13 +15,12 @@ import pytest
 
 from schemas.units import DAY_MS
 from streams.core.kpi.breach import BreachPolicy
-from streams.governance import ConfigurationError
+from streams.governance import ConfigurationError, load_breach_policy
 from streams.replay.policy_sim import (
     DEFAULT_ALGORITHM,
     PolicySimulation,
     PolicySimulationError,
     build_policy_processor,
-    load_policy,
     policy_kpi_windows,
     replay_breaches,
     simulate_policies,
@@ -209,6 +208,6 @@ def test_a_broken_policy_file_is_a_configuration_error(tmp_path: Path) -> None:
     path = tmp_path / "policy.toml"
     path.write_text('version = 1\n[[rules]]\nid = "x"\nkpi = "nope"\n', encoding="utf-8")
     with pytest.raises(ConfigurationError, match="cannot load the breach policy"):
-        load_policy(path)
+        load_breach_policy(path)
     with pytest.raises(ConfigurationError, match="cannot load"):
-        load_policy(tmp_path / "missing.toml")
+        load_breach_policy(tmp_path / "missing.toml")

@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from schemas.records import KpiValue
 from schemas.units import DAY_MS
 from streams.core.kpi.breach import BreachRule, cusum_trace
+from streams.report.charts import judged_values
 from streams.report.data import BreachHistory, KpiPoint, ReportData
 from streams.report.sections import (
     attention_section,
@@ -68,25 +68,7 @@ def _points() -> list[KpiPoint]:
 
 def _trace() -> list[tuple[int, float, float]]:
     """The rule's statistic on the points, computed by the core (what the chart must draw)."""
-    values = [
-        KpiValue(
-            kpi="discordance_rate",
-            window_size="1d",
-            window_start_ms=p.start_ms,
-            window_end_ms=p.end_ms,
-            site_id=SITE,
-            algorithm_name=MODEL,
-            algorithm_version="*",
-            finding_code=FINDING,
-            numerator=p.numerator,
-            denominator=p.denominator,
-            value=p.value,
-            final=True,
-            revision=1,
-        )
-        for p in _points()
-    ]
-    return cusum_trace(CUSUM, values)
+    return cusum_trace(CUSUM, judged_values(_data([]), CUSUM, MODEL, FINDING, SITE))
 
 
 def _breach(trace: list[tuple[int, float, float]]) -> dict[str, Any]:
