@@ -160,3 +160,17 @@ def test_final_kpis_count_each_study_once(outputs: Path) -> None:
     # Day one's 30-day windows hold A (TP) and B (FP): PPV 1/2.
     first = min(ppv, key=lambda k: k["window_end_ms"])
     assert (first["numerator"], first["denominator"], first["value"]) == (1, 2, 0.5)
+
+
+def test_hourly_windows_only_for_the_operational_kpis(outputs: Path) -> None:
+    sizes: dict[str, set[str]] = {}
+    for value in _lines(outputs / "kpi.jsonl"):
+        sizes.setdefault(value["kpi"], set()).add(value["window_size"])
+    hourly = {kpi for kpi, seen in sizes.items() if "1h" in seen}
+    assert hourly == {
+        "inference_failure_rate",
+        "time_to_result",
+        "alert_response_rate",
+        "time_to_response",
+    }
+    assert sizes["alert_ppv"] == {"1d", "7d", "30d"}

@@ -309,10 +309,9 @@ class KpiAggregator:
         kind = KINDS[k]
         compacted = d < self._panes.compacted_to
         if kind is not _SCORE:  # (scores have no hour panes)
-            if h < self._open_hour:
+            if h < self._open_hour and ALLOWED[k][0]:
                 self._too_late["1h"] += 1
-                if ALLOWED[k][0]:
-                    self._missed.append((k, 0, h))
+                self._missed.append((k, 0, h))
             # The hour pane is also needed while its day is not compacted yet.
             if h >= self._open_hour or not compacted:
                 key = (k, leaf, h)
@@ -409,7 +408,7 @@ def _wanted_indices(kpi_windows: Collection[tuple[str, str]]) -> frozenset[tuple
     """(KPI index, window size index) of each (KPI name, window size) pair.
 
     Raises:
-        ValueError: an unknown KPI or window size.
+        ValueError: an unknown KPI or window size, or a size the KPI has no windows of.
     """
     kpi_index = {spec.name: k for k, spec in enumerate(KPIS)}
     size_index = {spec.name: s for s, spec in enumerate(WINDOW_SPECS)}
@@ -419,5 +418,8 @@ def _wanted_indices(kpi_windows: Collection[tuple[str, str]]) -> frozenset[tuple
             raise ValueError(f"unknown KPI {kpi!r}")
         if window not in size_index:
             raise ValueError(f"unknown window size {window!r}; sizes are {list(size_index)}")
+        if window not in KPIS[kpi_index[kpi]].window_sizes:
+            sizes = ", ".join(KPIS[kpi_index[kpi]].window_sizes)
+            raise ValueError(f"{kpi} has no {window} windows (it has {sizes})")
         wanted.add((kpi_index[kpi], size_index[window]))
     return frozenset(wanted)

@@ -285,7 +285,7 @@ def test_kpi_windows_emit_exactly_those_values_of_the_whole_catalogue(ordered: b
         ("discordance_rate", "1d"),
         ("score_psi", "7d"),
         ("time_to_result", "1d"),
-        ("coverage", "1h"),
+        ("inference_failure_rate", "1h"),
     }
     everything = KpiAggregator(config)
     some = KpiAggregator(config, kpi_windows=wanted)
@@ -307,3 +307,5 @@ def test_kpi_windows_name_known_kpis_and_sizes() -> None:
         KpiAggregator(kpi_windows={("ppv", "30d")})
     with pytest.raises(ValueError, match="unknown window size '2d'"):
         KpiAggregator(kpi_windows={("alert_ppv", "2d")})
+    with pytest.raises(ValueError, match="alert_ppv has no 1h windows"):
+        KpiAggregator(kpi_windows={("alert_ppv", "1h")})

@@ -323,6 +323,12 @@ def window_key(v: KpiValue) -> Key:
     )
 
 
+HOURLY_KPIS = frozenset(
+    {"inference_failure_rate", "time_to_result", "alert_response_rate", "time_to_response"}
+)
+"""The operational KPIs, the only ones with 1 h windows (DESIGN §5)."""
+
+
 def batch_kpis(
     records: list[LineageRecord], psi_reference_ms: int = 14 * DAY_MS
 ) -> dict[Key, dict[str, Any]]:
@@ -336,7 +342,7 @@ def batch_kpis(
                     day = (t // DAY_MS) * DAY_MS
                     score_days[dims].setdefault(day, [0] * 10)[payload] += 1
                 for size_name, (size, step) in SIZES.items():
-                    if kind == "s" and size_name == "1h":
+                    if size_name == "1h" and kpi not in HOURLY_KPIS:
                         continue
                     for start in windows_of(t, size, step):
                         key = (kpi, size_name, start, *dims)
@@ -470,6 +476,10 @@ def test_hand_computed_values() -> None:
     assert ("coverage", "1d", START, "S1", "ich", "1.0", "ICH") not in last  # version * only
     cover = last[("coverage", "1d", START, "*", "ich", "*", "ICH")]
     assert (cover.numerator, cover.denominator, cover.value) == (2, 2, 1.0)
-    hour = last[("alert_ppv", "1h", t + 2 * HOUR_MS, "S1", "ich", "1.0", "ICH")]
-    assert hour.window_end_ms == t + 3 * HOUR_MS and hour.final
+    # Hourly windows for the operational KPIs only (an hour of PPV is noise).
+    hour = last[("time_to_response", "1h", t, "S1", "ich", "1.0", "ICH")]
+    assert hour.window_end_ms == t + HOUR_MS and hour.final
+    assert hour.p50 == pytest.approx(20 * MINUTE_MS, rel=0.01)
+    for kpi in ("alert_ppv", "discordance_rate", "report_tat_ai_positive"):
+        assert not any(key[:2] == (kpi, "1h") for key in last)
     assert ("score_psi", "1h", START + 10 * HOUR_MS, "S1", "ich", "1.0", "ICH") not in last
