@@ -4,19 +4,27 @@
 ``kpi.jsonl`` (every emitted KPI value), ``breach.jsonl``, ``review.jsonl`` and
 ``dlq.jsonl``. Bytes (a dead letter's original key and value) are written as base64.
 Accepted input events are not written: the input files already hold them.
+
+Records are written in batches as they come (``batch_records``), so a replay of any
+length holds at most one batch: memory is bounded by the batch, never by history.
+``flush`` writes the rest and flushes the files. Serialisation is orjson's (compact,
+UTF-8, the shortest float that reads back exactly, so ``1e-7`` rather than Python's
+``1e-07``); a KPI value, the bulk of the output, is serialised straight from its
+fields, without a ``model_dump``.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 from pathlib import Path
 from typing import IO, Any
+
+import orjson
 
 from schemas.records import Breach, DeadLetter, KpiValue, LineageRecord, ReviewCandidate
 from sinks.base import Output
 
-__all__ = ["FILE_NAMES", "JsonLinesSink", "record_to_json"]
+__all__ = ["DEFAULT_BATCH_RECORDS", "FILE_NAMES", "JsonLinesSink", "record_to_json"]
 
 FILE_NAMES: dict[type, str] = {
     LineageRecord: "lineage.jsonl",
@@ -26,43 +34,49 @@ FILE_NAMES: dict[type, str] = {
     DeadLetter: "dlq.jsonl",
 }
 
+DEFAULT_BATCH_RECORDS = 2000
+"""Records held before they are written (a few MB)."""
 
-def _jsonable(value: Any) -> Any:
+
+def _default(value: Any) -> Any:
     if isinstance(value, bytes):
         return base64.b64encode(value).decode("ascii")
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
-def record_to_json(record: Output) -> str:
+def record_to_json(record: Output) -> bytes:
     """Returns one output record as a compact, deterministic JSON line (no newline)."""
-    doc = _jsonable(record.model_dump(mode="python"))
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, default=str)
+    if type(record) is KpiValue:
+        # Flat, every field a str, int, float, bool or None: its fields are the document.
+        return orjson.dumps(record.__dict__)
+    return orjson.dumps(record.model_dump(mode="python"), default=_default)
 
 
 class JsonLinesSink:
-    """Appends output records to one JSON Lines file per kind under ``directory``."""
+    """Appends output records to one JSON Lines file per kind under ``directory``.
 
-    def __init__(self, directory: Path) -> None:
+    Args:
+        directory: where the files are created (truncated when they exist).
+        batch_records: records held before they are written.
+    """
+
+    def __init__(self, directory: Path, *, batch_records: int = DEFAULT_BATCH_RECORDS) -> None:
         self._directory = directory
         directory.mkdir(parents=True, exist_ok=True)
-        self._files: dict[type, IO[str]] = {
-            kind: (directory / name).open("w", encoding="utf-8")
-            for kind, name in FILE_NAMES.items()
+        self._files: dict[type, IO[bytes]] = {
+            kind: (directory / name).open("wb") for kind, name in FILE_NAMES.items()
         }
+        self._batch = batch_records
         self._pending: list[Output] = []
 
     def add(self, record: Output) -> None:
         if type(record) in self._files:
             self._pending.append(record)
+            if len(self._pending) >= self._batch:
+                self._write()
 
     def flush(self) -> None:
-        for record in self._pending:
-            self._files[type(record)].write(record_to_json(record) + "\n")
-        self._pending.clear()
+        self._write()
         for handle in self._files.values():
             handle.flush()
 
@@ -70,3 +84,12 @@ class JsonLinesSink:
         self.flush()
         for handle in self._files.values():
             handle.close()
+
+    def _write(self) -> None:
+        lines: dict[type, list[bytes]] = {}
+        for record in self._pending:
+            lines.setdefault(type(record), []).append(record_to_json(record))
+        self._pending.clear()
+        for kind, batch in lines.items():
+            batch.append(b"")
+            self._files[kind].write(b"\n".join(batch))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import typer
 
 from streams import __version__
@@ -59,3 +61,23 @@ def main(
     ),
 ) -> None:
     """Governance pipeline for AI in medical imaging."""
+    tune_garbage_collector()
+
+
+GC_THRESHOLDS = (50_000, 20, 100)
+"""Generation thresholds of the cyclic garbage collector for every command."""
+
+
+def tune_garbage_collector() -> None:
+    """Makes the cyclic garbage collector run about 70 times less often.
+
+    The pipeline holds hundreds of thousands of long-lived objects (lineage state, KPI
+    panes) and allocates short-lived ones by the million; with CPython's default
+    threshold (a collection every 700 net allocations) the collector walked them over
+    and over and took 30% of a replay (demo stream with no sink: 5.2 s, 3.7 s with
+    these thresholds). Reference counting frees nearly everything the pipeline drops;
+    the collector only has cycles left to find, and ``freeze`` takes what is loaded at
+    start (modules, settings) out of its walks for good.
+    """
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)

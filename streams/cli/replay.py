@@ -14,7 +14,7 @@ from rich.table import Table
 from schemas.errors import ImgovError
 from sinks.base import Sink
 from sinks.jsonl import JsonLinesSink
-from sinks.memory import MemorySink
+from sinks.null import NullSink
 from sinks.tee import TeeSink
 from streams.governance import build_processor, build_pseudonymiser, build_validator, load_settings
 from streams.replay.driver import DEFAULT_CHUNK_SIZE, ReplayStats, replay
@@ -119,7 +119,7 @@ def replay_command(
 
             pseudonymiser = build_pseudonymiser(settings)
             sinks.append(ChdbSink(chdb, clean_event=pseudonymiser.pseudonymise_event))
-        sink: Sink = TeeSink(sinks) if sinks else MemorySink()
+        sink: Sink = TeeSink(sinks) if sinks else NullSink()
         if settings.demo:
             _console.print("[yellow]demo mode: pseudonyms use the public demo key[/yellow]")
         started = time.perf_counter()

@@ -347,36 +347,40 @@ def kpi_value(
     numerator, denominator, value, low, high, p50, p90, p_value = summary
     spec = WINDOW_SPECS[size]
     record = _new_kpi_value(KpiValue)
-    _set_attr(record, "__pydantic_fields_set__", set(_KPI_VALUE_FIELDS))
+    # One shared fields-set: the model is frozen, and a copy (``model_copy``) copies it.
+    _set_attr(record, "__pydantic_fields_set__", _KPI_VALUE_FIELDS)
     _set_attr(record, "__pydantic_extra__", None)
     _set_attr(record, "__pydantic_private__", None)
+    # A literal, in field order (the order of a validated model's ``__dict__``); every
+    # number of a Summary is already a float.
     _set_attr(
         record,
         "__dict__",
-        dict(
-            kpi=KPIS[kpi].name,
-            window_size=spec.name,
-            window_start_ms=start_ms,
-            window_end_ms=start_ms + spec.size_ms,
-            site_id=dims[0],
-            algorithm_name=dims[1],
-            algorithm_version=dims[2],
-            finding_code=dims[3],
-            numerator=None if numerator is None else float(numerator),
-            denominator=None if denominator is None else float(denominator),
-            value=None if value is None else float(value),
-            ci_low=low,
-            ci_high=high,
-            p50=p50,
-            p90=p90,
-            p_value=p_value,
-            final=final,
-            revision=revision,
-        ),
+        {
+            "kpi": _KPI_NAMES[kpi],
+            "window_size": spec.name,
+            "window_start_ms": start_ms,
+            "window_end_ms": start_ms + spec.size_ms,
+            "site_id": dims[0],
+            "algorithm_name": dims[1],
+            "algorithm_version": dims[2],
+            "finding_code": dims[3],
+            "numerator": numerator,
+            "denominator": denominator,
+            "value": value,
+            "ci_low": low,
+            "ci_high": high,
+            "p50": p50,
+            "p90": p90,
+            "p_value": p_value,
+            "final": final,
+            "revision": revision,
+        },
     )
     return record
 
 
-_KPI_VALUE_FIELDS = frozenset(KpiValue.model_fields)
+_KPI_VALUE_FIELDS = set(KpiValue.model_fields)
+_KPI_NAMES = tuple(spec.name for spec in KPIS)
 _new_kpi_value = object.__new__
 _set_attr = object.__setattr__

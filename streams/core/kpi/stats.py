@@ -21,6 +21,7 @@ keys sort in the same order as the durations they stand for.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Mapping
 from fractions import Fraction
@@ -141,9 +142,18 @@ def nearest_rank(q: float, n: int) -> int:
     Computed on the fraction ``q`` stands for (0.9 is 9/10), so that ``0.9 * 10`` is the
     rank 9 it means, not the 10 its binary rounding would give.
     """
+    numerator, denominator = _quantile_fraction(q)
+    return max(1, -(-numerator * n // denominator))
+
+
+@functools.lru_cache(maxsize=64)
+def _quantile_fraction(q: float) -> tuple[int, int]:
+    """``q`` as the fraction it stands for (0.9 is 9/10); a handful of quantiles are asked
+    for over and over, so each is worked out once."""
     if not 0.0 <= q <= 1.0:
         raise ValueError(f"quantile {q} outside [0, 1]")
-    return max(1, math.ceil(Fraction(q).limit_denominator(1_000_000) * n))
+    fraction = Fraction(q).limit_denominator(1_000_000)
+    return fraction.numerator, fraction.denominator
 
 
 def quantiles(

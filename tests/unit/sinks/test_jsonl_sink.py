@@ -36,7 +36,7 @@ def test_both_sinks_satisfy_the_protocol(tmp_path: Path) -> None:
     assert isinstance(JsonLinesSink(tmp_path), Sink)
 
 
-def test_jsonl_sink_writes_only_on_flush_and_keeps_bytes(tmp_path: Path) -> None:
+def test_jsonl_sink_writes_on_flush_and_keeps_bytes(tmp_path: Path) -> None:
     sink = JsonLinesSink(tmp_path)
     letter = DeadLetter(
         reason=DeadLetterReason.UNDECODABLE, message="not Avro", value=b"\xff\x00garbage"
@@ -62,3 +62,27 @@ def test_memory_sink_groups_by_type_after_flush() -> None:
     assert sink.records(KpiValue) == []
     sink.flush()
     assert sink.records(KpiValue) == [_kpi(0)]
+
+
+def test_jsonl_sink_writes_full_batches_as_they_come(tmp_path: Path) -> None:
+    sink = JsonLinesSink(tmp_path, batch_records=3)
+    for day in range(7):
+        sink.add(_kpi(day * DAY_MS))
+    # Two batches of three are out of the sink's memory; the seventh waits for flush.
+    sink._files[KpiValue].flush()
+    assert len((tmp_path / "kpi.jsonl").read_text().splitlines()) == 6
+    sink.close()
+    lines = (tmp_path / "kpi.jsonl").read_text().splitlines()
+    assert [json.loads(line)["window_start_ms"] for line in lines] == [
+        day * DAY_MS for day in range(7)
+    ]
+
+
+def test_a_kpi_value_is_written_as_its_validated_model_dumps_it(tmp_path: Path) -> None:
+    value = _kpi(0).model_copy(update={"p_value": 8.4e-07, "ci_low": 0.25})
+    sink = JsonLinesSink(tmp_path)
+    sink.add(value)
+    sink.close()
+    (line,) = (tmp_path / "kpi.jsonl").read_text().splitlines()
+    assert json.loads(line) == json.loads(value.model_dump_json())
+    assert list(json.loads(line)) == list(KpiValue.model_fields)

@@ -163,9 +163,9 @@ def test_kpi_value_built_without_validation_equals_the_validated_model() -> None
     from streams.core.kpi.catalogue import kpi_value
 
     for summary in [
-        (3, 4, 0.75, 0.3, 0.95, None, None, None),
-        (None, 12, 5000.0, None, None, 5000.0, 9000.0, None),
-        (None, 140, 0.51, None, None, None, None, 0.0123),
+        (3.0, 4.0, 0.75, 0.3, 0.95, None, None, None),
+        (None, 12.0, 5000.0, None, None, 5000.0, 9000.0, None),
+        (None, 140.0, 0.51, None, None, None, None, 0.0123),
     ]:
         built = kpi_value(0, 1, DAY_MS, ("site-01", "ich-detect", "*", "ICH"), 2, True, summary)
         assert built == KpiValue.model_validate(built.model_dump())
@@ -176,3 +176,13 @@ def test_kpi_value_built_without_validation_equals_the_validated_model() -> None
         assert list(built.model_dump()) == list(validated.model_dump())
         assert pickle.loads(pickle.dumps(built)) == validated
         assert built.model_copy(update={"revision": 3}).revision == 3
+
+
+def test_summaries_carry_floats_as_kpi_value_copies_them_unconverted() -> None:
+    for spec in KPIS:
+        if spec.kind in (KpiKind.PROPORTION, KpiKind.COUNT):
+            summary = summarise_counts(spec, 3, 4)
+            assert summary is not None
+            assert all(v is None or type(v) is float for v in summary), spec.name
+    summary = summarise_durations({10: 2, 12: 1}, 1.02)
+    assert summary is not None and all(v is None or type(v) is float for v in summary)
