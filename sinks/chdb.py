@@ -15,9 +15,11 @@ cost about twice as much per row (json.dumps per row plus parsing), and the
 
 ``background=True`` runs the insert (which releases the GIL inside chDB) on a thread,
 one batch in flight, while the caller encodes the next. On the shared 2-core machines
-it showed no consistent gain (0.8x to 1.3x of inline across runs of bench_sinks, and
-slightly slower beside a CPU-bound producer: chDB's own insert and merge threads
-already use the second core), so it is off by default.
+it showed no consistent gain against a synthetic producer (0.8x to 1.3x of inline
+across runs of bench_sinks: chDB's own insert and merge threads already use the second
+core), so it is off by default; behind the replay of the demo's stream it took 5.2-5.3 s
+against 5.8-5.9 s inline in three paired runs, so ``imgov replay --chdb`` and the demo
+turn it on.
 
 chDB quirks (4.4 / ClickHouse 26.x):
 

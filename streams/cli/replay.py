@@ -118,7 +118,9 @@ def replay_command(
             from sinks.chdb import ChdbSink  # chDB loads a large library: only when asked
 
             pseudonymiser = build_pseudonymiser(settings)
-            sinks.append(ChdbSink(chdb, clean_event=pseudonymiser.pseudonymise_event))
+            sinks.append(
+                ChdbSink(chdb, clean_event=pseudonymiser.pseudonymise_event, background=True)
+            )
         sink: Sink = TeeSink(sinks) if sinks else NullSink()
         if settings.demo:
             _console.print("[yellow]demo mode: pseudonyms use the public demo key[/yellow]")

@@ -265,7 +265,9 @@ def run_demo(
     from sinks.chdb import ChdbSink  # chDB loads a large library: only when needed
 
     pseudonymiser = build_pseudonymiser(settings)
-    chdb_sink = ChdbSink(options.chdb_path, clean_event=pseudonymiser.pseudonymise_event)
+    chdb_sink = ChdbSink(
+        options.chdb_path, clean_event=pseudonymiser.pseudonymise_event, background=True
+    )
     sinks: list[Sink] = [chdb_sink]
     if options.jsonl_outputs:
         sinks.append(JsonLinesSink(options.outputs_path))

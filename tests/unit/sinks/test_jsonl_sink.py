@@ -86,3 +86,14 @@ def test_a_kpi_value_is_written_as_its_validated_model_dumps_it(tmp_path: Path) 
     (line,) = (tmp_path / "kpi.jsonl").read_text().splitlines()
     assert json.loads(line) == json.loads(value.model_dump_json())
     assert list(json.loads(line)) == list(KpiValue.model_fields)
+
+
+def test_null_sink_takes_everything_and_keeps_nothing() -> None:
+    from sinks.null import NullSink
+
+    sink = NullSink()
+    assert isinstance(sink, Sink)
+    sink.add(_kpi(0))
+    sink.flush()
+    sink.close()
+    assert not hasattr(sink, "__dict__") or not vars(sink)
