@@ -13,13 +13,14 @@ without losing what was added.
 
 from __future__ import annotations
 
-from typing import Protocol, TypeAlias, runtime_checkable
+from collections.abc import Callable
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 from schemas.errors import ImgovError
 from schemas.events import AlertEvent, InferenceEvent, ReportEvent
 from schemas.records import Breach, DeadLetter, KpiValue, LineageRecord, ReviewCandidate
 
-__all__ = ["Output", "Sink", "SinkBackpressureError", "SinkError"]
+__all__ = ["EncodedKpiSink", "Output", "Sink", "SinkBackpressureError", "SinkError"]
 
 Output: TypeAlias = (
     InferenceEvent
@@ -68,3 +69,19 @@ class Sink(Protocol):
 
     def close(self) -> None:
         """Flushes and releases the sink's resources."""
+
+
+@runtime_checkable
+class EncodedKpiSink(Protocol):
+    """A sink that also takes KPI values encoded elsewhere, the bulk of the output.
+
+    The parallel replay (``streams.replay.parallel``) computes KPI windows in a second
+    process, which encodes each value with the sink's ``kpi_encoder`` (a module-level
+    function, so it travels by name) and sends the results: bytes or row tuples cost
+    far less to move between processes than the records themselves.
+    """
+
+    kpi_encoder: Callable[[KpiValue], Any]
+
+    def add_encoded_kpis(self, payloads: list[Any]) -> None:
+        """Adds KPI values encoded by ``kpi_encoder``, in their order."""

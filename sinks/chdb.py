@@ -47,7 +47,7 @@ from schemas.events import Event
 from sinks.base import Output, SinkError
 from sinks.clickhouse.buffer import EventCleaner, RowBuffer
 from sinks.clickhouse.migrate import migrate
-from sinks.clickhouse.rows import TABLE_COLUMNS, EventSource, Row
+from sinks.clickhouse.rows import TABLE_COLUMNS, EventSource, Row, kpi_row
 from sinks.query import ChdbBackend, QueryError, QueryResult
 
 __all__ = ["ChdbSink", "arrow_type"]
@@ -186,6 +186,15 @@ class ChdbSink:
         buffer = self._buffer
         buffer.add(record, self._wall_clock_ms())
         if buffer.count >= self.batch_rows:
+            self._submit()
+
+    kpi_encoder = kpi_row
+    """How ``add_encoded_kpis`` wants KPI values encoded (by a process that has them)."""
+
+    def add_encoded_kpis(self, rows: list[Row]) -> None:
+        """Buffers ``kpi_values`` rows already mapped with ``kpi_encoder``."""
+        self._buffer.add_rows("kpi_values", rows)
+        if self._buffer.count >= self.batch_rows:
             self._submit()
 
     def add_event(self, event: Event, source: EventSource | None) -> None:

@@ -24,7 +24,13 @@ import orjson
 from schemas.records import Breach, DeadLetter, KpiValue, LineageRecord, ReviewCandidate
 from sinks.base import Output
 
-__all__ = ["DEFAULT_BATCH_RECORDS", "FILE_NAMES", "JsonLinesSink", "record_to_json"]
+__all__ = [
+    "DEFAULT_BATCH_RECORDS",
+    "FILE_NAMES",
+    "JsonLinesSink",
+    "kpi_to_json",
+    "record_to_json",
+]
 
 FILE_NAMES: dict[type, str] = {
     LineageRecord: "lineage.jsonl",
@@ -42,6 +48,11 @@ def _default(value: Any) -> Any:
     if isinstance(value, bytes):
         return base64.b64encode(value).decode("ascii")
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def kpi_to_json(value: KpiValue) -> bytes:
+    """Returns one KPI value's JSON line (no newline): ``record_to_json`` of a KPI value."""
+    return orjson.dumps(value.__dict__)
 
 
 def record_to_json(record: Output) -> bytes:
@@ -74,6 +85,15 @@ class JsonLinesSink:
             self._pending.append(record)
             if len(self._pending) >= self._batch:
                 self._write()
+
+    kpi_encoder = staticmethod(kpi_to_json)
+    """How ``add_encoded_kpis`` wants KPI values encoded (by a process that has them)."""
+
+    def add_encoded_kpis(self, lines: list[bytes]) -> None:
+        """Writes KPI values already encoded with ``kpi_encoder``, in their order."""
+        if lines:
+            lines.append(b"")
+            self._files[KpiValue].write(b"\n".join(lines))
 
     def flush(self) -> None:
         self._write()

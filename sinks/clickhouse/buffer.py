@@ -76,6 +76,11 @@ class RowBuffer:
             raise TypeError(f"no audit table for {type(record).__name__}")
         self.count += 1
 
+    def add_rows(self, table: str, rows: list[Row]) -> None:
+        """Keeps rows of ``table`` mapped elsewhere (e.g. by another process)."""
+        self.rows[table].extend(rows)
+        self.count += len(rows)
+
     def add_event(self, event: Event, source: EventSource | None, now_ms: int) -> None:
         """Keeps the ``event_log`` row of an accepted input event read from ``source``."""
         stored = self._clean_event(event)

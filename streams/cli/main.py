@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-
 import typer
 
 from streams import __version__
@@ -18,6 +16,7 @@ from streams.cli.simulate import simulate
 from streams.cli.subscribe import subscribe_command
 from streams.cli.topics import topics_app
 from streams.cli.worker import worker_command
+from streams.governance import tune_garbage_collector
 
 app = typer.Typer(
     name="imgov",
@@ -63,21 +62,3 @@ def main(
     """Governance pipeline for AI in medical imaging."""
     tune_garbage_collector()
 
-
-GC_THRESHOLDS = (50_000, 20, 100)
-"""Generation thresholds of the cyclic garbage collector for every command."""
-
-
-def tune_garbage_collector() -> None:
-    """Makes the cyclic garbage collector run about 70 times less often.
-
-    The pipeline holds hundreds of thousands of long-lived objects (lineage state, KPI
-    panes) and allocates short-lived ones by the million; with CPython's default
-    threshold (a collection every 700 net allocations) the collector walked them over
-    and over and took 30% of a replay (demo stream with no sink: 5.2 s, 3.7 s with
-    these thresholds). Reference counting frees nearly everything the pipeline drops;
-    the collector only has cycles left to find, and ``freeze`` takes what is loaded at
-    start (modules, settings) out of its walks for good.
-    """
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)

@@ -18,6 +18,7 @@ from sinks.null import NullSink
 from sinks.tee import TeeSink
 from streams.governance import build_processor, build_pseudonymiser, build_validator, load_settings
 from streams.replay.driver import DEFAULT_CHUNK_SIZE, ReplayStats, replay
+from streams.replay.parallel import replay_parallel
 
 __all__ = ["replay_command"]
 
@@ -92,6 +93,13 @@ def replay_command(
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")
     ] = True,
+    parallel: Annotated[
+        bool,
+        typer.Option(
+            "--parallel/--one-process",
+            help="Compute the KPI windows in a second process (two cores); same outputs.",
+        ),
+    ] = True,
 ) -> None:
     """Replay event files through the governance core and write every output.
 
@@ -109,7 +117,6 @@ def replay_command(
             # would only add volume. Final values are the same either way.
             kpi = settings.kpi.model_copy(update={"emit_interval_ms": None})
             settings = settings.model_copy(update={"kpi": kpi})
-        processor = build_processor(settings)
         validator = build_validator(settings)
         sinks: list[Sink] = []
         if out is not None:
@@ -136,15 +143,26 @@ def replay_command(
             disable=not progress,
         ) as bar:
             task = bar.add_task("replay", total=total)
-            stats = replay(
-                inputs,
-                processor,
-                sink,
-                validator,
-                record_events=chdb is not None,
-                chunk_size=chunk_size,
-                on_progress=lambda n: bar.advance(task, n),
-            )
+            if parallel:
+                stats = replay_parallel(
+                    inputs,
+                    settings,
+                    sinks or [NullSink()],
+                    validator,
+                    record_events=chdb is not None,
+                    chunk_size=chunk_size,
+                    on_progress=lambda n: bar.advance(task, n),
+                )
+            else:
+                stats = replay(
+                    inputs,
+                    build_processor(settings),
+                    sink,
+                    validator,
+                    record_events=chdb is not None,
+                    chunk_size=chunk_size,
+                    on_progress=lambda n: bar.advance(task, n),
+                )
         sink.close()
     except ImgovError as exc:
         _console.print(f"[red]error:[/red] {exc}")

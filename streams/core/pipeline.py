@@ -26,20 +26,21 @@ from __future__ import annotations
 
 from collections.abc import Collection, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from schemas.events import Event
 from schemas.records import Breach, DeadLetter, KpiValue, LineageRecord, ReviewCandidate
 from streams.core.kpi.aggregator import KpiAggregator
 from streams.core.kpi.breach import BreachEvaluator
 from streams.core.kpi.config import KpiConfig
-from streams.core.kpi.step import KpiStep
+from streams.core.kpi.step import KpiOutputs, KpiStep
 from streams.core.lineage.config import LineageConfig
 from streams.core.lineage.join import LineageJoiner, LineageRevision
 from streams.core.lineage.step import LineageStep
 from streams.core.lineage.store import StudyStore
 from streams.core.watermarks import WatermarkTracker
 
-__all__ = ["DEFAULT_SOURCE", "GovernanceProcessor", "ProcessorOutput"]
+__all__ = ["DEFAULT_SOURCE", "GovernanceProcessor", "KpiHalf", "ProcessorOutput"]
 
 DEFAULT_SOURCE = "input"
 """The source of events given without one: a single input in one event-time order."""
@@ -78,6 +79,22 @@ def _revision_time(revision: LineageRevision) -> int:
     return revision.new.updated_at_ms
 
 
+class KpiHalf(Protocol):
+    """The KPI half of the processor: a local ``KpiStep``, or one run elsewhere
+    (``streams.replay.parallel`` runs it in a second process)."""
+
+    @property
+    def too_late(self) -> dict[str, int]: ...
+
+    def count(self, old: LineageRecord | None, new: LineageRecord, out: KpiOutputs) -> None: ...
+
+    def advance(self, watermark_ms: int, out: KpiOutputs) -> None: ...
+
+    def close_all(self, out: KpiOutputs) -> None: ...
+
+    def take_late(self, out: KpiOutputs) -> None: ...
+
+
 class GovernanceProcessor:
     """Drives the lineage join, the KPI aggregator and the breach policy together.
 
@@ -92,6 +109,9 @@ class GovernanceProcessor:
         kpi_windows: only the windows of these (KPI name, window size) pairs are
             computed and emitted (``KpiAggregator``); None: all of them. A driver that
             only evaluates the breach policy passes the pairs its rules read.
+        kpi_half: runs the KPI half instead of a local ``KpiStep`` (``breaches`` and
+            ``kpi_windows`` are then its business); it receives the same calls in the
+            same order, so its outputs are the same.
     """
 
     def __init__(
@@ -103,14 +123,20 @@ class GovernanceProcessor:
         sources: Iterable[Hashable] = (),
         *,
         kpi_windows: Collection[tuple[str, str]] | None = None,
+        kpi_half: KpiHalf | None = None,
     ) -> None:
         self._kpi_config = kpi or KpiConfig()
         self.joiner = LineageJoiner(lineage, store)
         self.aggregator = KpiAggregator(self._kpi_config, kpi_windows=kpi_windows)
         self.watermarks = WatermarkTracker(self._kpi_config.allowed_lateness_ms, sources)
         self._lineage = LineageStep(self.joiner)
-        self._kpi = KpiStep(self.aggregator, breaches)
+        self._kpi: KpiHalf = KpiStep(self.aggregator, breaches) if kpi_half is None else kpi_half
         self._watermark_ms: int | None = None
+
+    @property
+    def too_late(self) -> dict[str, int]:
+        """KPI contributions that reached a closed window, by window size."""
+        return self._kpi.too_late
 
     @property
     def watermark_ms(self) -> int | None:

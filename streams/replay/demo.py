@@ -9,7 +9,8 @@
    to ``events.jsonl`` and ``truth.jsonl`` in the demo directory.
 3. The events are replayed through the governance core (lineage, KPI windows, the
    breach policy of ``infra/policy``) into the audit tables of a chDB data directory
-   (``chdb/``), every accepted event included (``event_log``).
+   (``chdb/``), every accepted event included (``event_log``); the KPI windows run in a
+   second process (``streams.replay.parallel``).
 
 The report and the terminal summary read the tables afterwards (``streams.report.data``), the
 same way a compliance user would.
@@ -22,9 +23,10 @@ Mayo rule, CRITICAL), its 30-day alert PPV falls below 0.30 (WARNING) and its sc
 distribution moves (PSI). PE at site-02 and both models elsewhere stay healthy, which
 is what makes the drifted series stand out.
 
-Volume: KPI emission dominates the replay (every 1 h, 1 d, 7 d and 30 d window of 19
-KPIs per site, model and version), so the demo asks for final values only
-(``emit_interval_ms=None``) and keeps about 60 studies per site and day.
+Volume: KPI emission dominates the replay (every 1 d, 7 d and 30 d window of 19 KPIs
+per site, model and version, and 1 h windows of the 4 operational ones), so the demo
+asks for final values only (``emit_interval_ms=None``) and keeps about 60 studies per
+site and day.
 """
 
 from __future__ import annotations
@@ -39,17 +41,16 @@ from schemas.errors import ImgovError
 from sinks.base import Sink
 from sinks.jsonl import JsonLinesSink
 from sinks.tee import TeeSink
-from streams.core.pipeline import GovernanceProcessor
 from streams.governance import (
     DEMO_SETTINGS,
     GovernanceSettings,
-    build_processor,
     build_pseudonymiser,
     build_validator,
     load_settings,
 )
 from streams.paths import STATE_DIR
-from streams.replay.driver import ReplayStats, replay
+from streams.replay.driver import ReplayStats
+from streams.replay.parallel import replay_parallel
 from streams.simulate.config import DriftKind, DriftScenario, SimulationConfig
 from streams.simulate.output import write_events, write_truth
 from streams.simulate.run import run_simulation
@@ -212,10 +213,6 @@ def reset_workdir(path: Path) -> None:
     (path / MARKER).write_text("made by `imgov demo`; deleted and rebuilt on every run\n")
 
 
-def _processor(settings: GovernanceSettings) -> GovernanceProcessor:
-    return build_processor(settings)
-
-
 def run_demo(
     options: DemoOptions,
     *,
@@ -246,7 +243,6 @@ def run_demo(
     started = time.perf_counter()
     reset_workdir(options.workdir)
     settings = demo_settings(options.config)
-    processor = _processor(settings)
     validator = build_validator(settings)
 
     step("simulate")
@@ -273,10 +269,10 @@ def run_demo(
         sinks.append(JsonLinesSink(options.outputs_path))
     sink = TeeSink(sinks)
     try:
-        stats = replay(
+        stats = replay_parallel(
             [options.events_path],
-            processor,
-            sink,
+            settings,
+            sinks,
             validator,
             record_events=True,
             chunk_size=options.chunk_size or replay_chunk_size(events, options.days),

@@ -165,7 +165,7 @@ def replay(
                 run()
     run()
     _emit(processor.close(), sink, stats)
-    stats.too_late = processor.aggregator.too_late
+    stats.too_late = processor.too_late
     sink.flush()
     return stats
 

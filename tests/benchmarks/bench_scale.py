@@ -49,12 +49,12 @@ def _child(measure: str, path: Path, workdir: Path) -> dict[str, float]:
     from schemas.validation import EventValidator
     from sinks.base import Sink
     from sinks.null import NullSink
-    from streams.cli.main import tune_garbage_collector
     from streams.governance import (
         DEMO_SETTINGS,
         build_processor,
         build_pseudonymiser,
         load_settings,
+        tune_garbage_collector,
     )
     from streams.replay.driver import replay
 

@@ -64,7 +64,13 @@ from collections.abc import Collection
 
 from schemas.records import DeadLetter, KpiValue, LineageRecord
 from schemas.units import DAY_MS, HOUR_MS
-from streams.core.kpi.catalogue import KPIS, ContributionBuilder, Item, KpiKind
+from streams.core.kpi.catalogue import (
+    KPIS,
+    ContributionBuilder,
+    Item,
+    KpiKind,
+    RecordContribution,
+)
 from streams.core.kpi.config import KpiConfig
 from streams.core.kpi.drift import SeriesReferences
 from streams.core.kpi.emission import Cand, Row, WindowEmitter, kpi_values
@@ -73,7 +79,7 @@ from streams.core.kpi.panes import ALLOWED, KINDS, MIN_MS, SIZE_MS, PaneStore
 from streams.core.kpi.series import SeriesIndex
 from streams.core.kpi.windows import WINDOW_SPECS
 
-__all__ = ["KpiAggregator"]
+__all__ = ["KpiAggregator", "may_be_late"]
 
 
 _H, _D = HOUR_MS, DAY_MS
@@ -124,6 +130,8 @@ class KpiAggregator:
         self._emitter = WindowEmitter(
             cfg, panes, self._series, self._psi, track_current=self._current
         )
+        # By KPI, the leaves that ever had a contribution to it (the emitter's).
+        self._data_leaves = self._emitter.data_leaves
         self._max_event_ms: int | None = None
         self._last_emit_ms: int | None = None
         self._wm = MIN_MS
@@ -160,6 +168,13 @@ class KpiAggregator:
             "series": len(self._series.combo_dims),
         }
 
+    def __setstate__(self, state: dict[str, object]) -> None:
+        """Restores a pickled aggregator, one pickled before ``_data_leaves`` existed too."""
+        self.__dict__.update(state)
+        if "_data_leaves" not in state:
+            self._emitter.rebuild_data_leaves()
+            self._data_leaves = self._emitter.data_leaves
+
     # -- input -------------------------------------------------------------------
 
     def apply(self, old: LineageRecord | None, new: LineageRecord) -> list[KpiValue]:
@@ -169,16 +184,40 @@ class KpiAggregator:
             KPI values due now: windows the watermark made final, revisions of final
             windows, and current values when ``emit_interval_ms`` has passed.
         """
-        dims, slots = self._contribution(new)
+        before = None if old is None else self._contribution(old)
+        return self.apply_contribution(before, self._contribution(new), new.updated_at_ms, new)
+
+    def apply_contribution(
+        self,
+        old: RecordContribution | None,
+        new: RecordContribution,
+        updated_at_ms: int,
+        record: LineageRecord | None,
+    ) -> list[KpiValue]:
+        """``apply`` for contributions computed elsewhere (``ContributionBuilder``).
+
+        Args:
+            old: the contribution of the revision replaced (None for revision 1).
+            new: the contribution of the new revision.
+            updated_at_ms: the new revision's ``updated_at_ms``.
+            record: the new revision, for the dead letter when the contribution reaches
+                a closed window. May be None only when it cannot: no event time of
+                either contribution is before the watermark minus the late horizon
+                (``may_be_late``).
+
+        Raises:
+            ValueError: ``record`` is None and the contribution reached a closed window.
+        """
+        dims, slots = new
         leaf = self._series.leaf(dims)
         update = self._update
         if old is None:
             for k, item in slots.items():
                 update(k, leaf, item, 1)
             if self._missed:
-                self._record_late(new)
-            return self._observe(new.updated_at_ms)
-        old_dims, old_slots = self._contribution(old)
+                self._record_late(_needed(record))
+            return self._observe(updated_at_ms)
+        old_dims, old_slots = old
         if old_dims != dims:
             self._retract_slots(self._series.leaf(old_dims), old_slots)
             for k, item in slots.items():
@@ -195,8 +234,8 @@ class KpiAggregator:
                 if k not in old_slots:
                     update(k, leaf, after, 1)
         if self._missed:
-            self._record_late(new)
-        return self._observe(new.updated_at_ms)
+            self._record_late(_needed(record))
+        return self._observe(updated_at_ms)
 
     def retract(self, old: LineageRecord) -> None:
         """Removes a record's contribution without a replacement (a deleted lineage key).
@@ -270,6 +309,9 @@ class KpiAggregator:
 
     def _update(self, k: int, leaf: int, item: Item, sign: int) -> None:
         """Adds (sign 1) or retracts (-1) one KPI contribution of a record."""
+        seen = self._data_leaves[k]
+        if leaf not in seen:
+            self._emitter.add_data_leaf(k, leaf)
         t, x, y = item
         h = t - t % _H
         if h < self._live_hour:
@@ -402,6 +444,35 @@ class KpiAggregator:
             wanted = self._wanted
             cands = {c for c in cands if (c[0], c[2]) in wanted}
         return self._emitter.emit(cands, wm)
+
+
+def may_be_late(
+    watermark_ms: int | None,
+    late_horizon_ms: int,
+    old: RecordContribution | None,
+    new: RecordContribution,
+) -> bool:
+    """Whether a contribution could reach a closed window at ``watermark_ms``.
+
+    A window is closed ``late_horizon_ms`` after its end, so only event times before
+    the watermark minus the horizon can reach one; a driver that computes contributions
+    apart from the aggregator sends the revision along only then.
+    """
+    if watermark_ms is None:
+        return False
+    closed_before = watermark_ms - late_horizon_ms
+    for contribution in (old, new):
+        if contribution is not None:
+            for t, _, _ in contribution[1].values():
+                if t < closed_before:
+                    return True
+    return False
+
+
+def _needed(record: LineageRecord | None) -> LineageRecord:
+    if record is None:
+        raise ValueError("a contribution reached a closed KPI window without its revision")
+    return record
 
 
 def _wanted_indices(kpi_windows: Collection[tuple[str, str]]) -> frozenset[tuple[int, int]]:

@@ -17,6 +17,7 @@ value is new (revision 1) or changed (revision + 1 of a final window).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from operator import itemgetter
 
 from schemas.records import KpiValue
 from schemas.units import DAY_MS, HOUR_MS
@@ -81,10 +82,29 @@ class WindowEmitter:
         # Changed panes: still-open windows (current values) and final windows (revisions).
         self.dirty: set[PaneKey] = set()
         self.late_dirty: set[PaneKey] = set()
+        # By KPI, the leaves that ever had a contribution to it (the aggregator adds
+        # them); by (kpi, combo), the combo's leaves among them (cleared on a new one).
+        self.data_leaves: list[set[int]] = [set() for _ in KPIS]
+        self._effective: dict[tuple[int, int], tuple[int, ...]] = {}
         # Per size: window start -> (kpi, combo) -> (revision, final, summary) emitted.
         self._emitted: list[dict[int, dict[tuple[int, int], tuple[int, bool, Summary]]]] = [
             {} for _ in WINDOW_SPECS
         ]
+
+    def add_data_leaf(self, k: int, leaf: int) -> None:
+        """Notes that ``leaf`` has (or had) contributions to KPI ``k``."""
+        self.data_leaves[k].add(leaf)
+        self._effective.clear()
+
+    def rebuild_data_leaves(self) -> None:
+        """Data leaves from the panes held (a state pickled before they were tracked)."""
+        self.data_leaves = [set() for _ in KPIS]
+        self._effective = {}
+        panes = self._panes
+        for index in (panes.hour_index, panes.day_index):
+            for pairs in index.values():
+                for k, leaf in pairs:
+                    self.data_leaves[k].add(leaf)
 
     def emitted_windows(self) -> int:
         """Returns the number of emitted-window entries held."""
@@ -199,10 +219,29 @@ class WindowEmitter:
                 combos = leaf_combos[leaf][0 if KPIS[k].versioned else 1]
                 keys.update((k, combo, s, start) for combo in combos)
         rows: list[Row] = []
+        # Series whose leaves with data are the same have the same value: (site, model,
+        # version) and (site, model, *) while a model runs one version, say. Computed
+        # once per call. Not for score drift, whose reference belongs to each series.
+        effective = self._effective
+        combo_leaves = self._series.combo_leaves
+        data_leaves = self.data_leaves
+        same: dict[tuple[tuple[int, ...], int, int, int], Summary | None] = {}
         # Sorted so that consecutive final windows of a series slide (PaneStore.aggregate).
         for k, combo, s, start in sorted(keys):
             final = start + SIZE_MS[s] <= wm
-            summary = self._summary(k, combo, s, start, final)
+            if k == _PSI:
+                summary = self._summary(k, combo, s, start, final)
+            else:
+                leaves = effective.get((k, combo))
+                if leaves is None:
+                    data = data_leaves[k]
+                    leaves = tuple(leaf for leaf in combo_leaves[combo] if leaf in data)
+                    effective[(k, combo)] = leaves
+                key = (leaves, k, s, start)
+                if key in same:
+                    summary = same[key]
+                else:
+                    summary = same[key] = self._summary(k, combo, s, start, final)
             emitted = self._emitted[s].setdefault(start, {})
             before = emitted.get((k, combo))
             if before is None:
@@ -249,7 +288,10 @@ def kpi_values(rows: list[Row]) -> list[KpiValue]:
 
     Sorted by window size, window start, KPI catalogue order, then dimensions.
     """
-    rows.sort(key=lambda row: row[:6])  # never compares values (None vs float)
+    rows.sort(key=_ORDER)  # never compares values (None vs float)
     return [
         kpi_value(k, s, start, dims, rev, final, v) for s, start, k, dims, rev, final, v in rows
     ]
+
+
+_ORDER = itemgetter(0, 1, 2, 3, 4, 5)

@@ -15,6 +15,7 @@ from typing import Protocol
 from schemas.records import Breach, DeadLetter, KpiValue, LineageRecord
 from streams.core.kpi.aggregator import KpiAggregator
 from streams.core.kpi.breach import BreachEvaluator
+from streams.core.kpi.catalogue import RecordContribution
 
 __all__ = ["KpiOutputs", "KpiStep", "LateOrigin"]
 
@@ -45,6 +46,22 @@ class KpiStep:
     def count(self, old: LineageRecord | None, new: LineageRecord, out: KpiOutputs) -> None:
         """Counts revision ``new`` (retracting ``old``) into its windows."""
         self._emit(self.aggregator.apply(old, new), out)
+
+    def count_contribution(
+        self,
+        old: RecordContribution | None,
+        new: RecordContribution,
+        updated_at_ms: int,
+        record: LineageRecord | None,
+        out: KpiOutputs,
+    ) -> None:
+        """``count`` for a contribution computed apart (``KpiAggregator.apply_contribution``)."""
+        self._emit(self.aggregator.apply_contribution(old, new, updated_at_ms, record), out)
+
+    @property
+    def too_late(self) -> dict[str, int]:
+        """Contributions that reached a closed window, by window size."""
+        return self.aggregator.too_late
 
     def advance(self, watermark_ms: int, out: KpiOutputs) -> None:
         """Makes the windows that ``watermark_ms`` passed final, into ``out``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import pickle
 import random
 
 import pytest
@@ -309,3 +310,69 @@ def test_kpi_windows_name_known_kpis_and_sizes() -> None:
         KpiAggregator(kpi_windows={("alert_ppv", "2d")})
     with pytest.raises(ValueError, match="alert_ppv has no 1h windows"):
         KpiAggregator(kpi_windows={("alert_ppv", "1h")})
+
+
+def _one_version_per_model(studies: list, *, keep_unversioned: bool) -> list:
+    """The common deployment: every model runs one version, so (site, model, version)
+    and (site, model, *) hold the same leaves with data and share their values."""
+    kept = []
+    for study in studies:
+        if study.version is None and not keep_unversioned:
+            continue
+        if study.version is not None:
+            study.version = "1.0"
+        kept.append(study)
+    return kept
+
+
+@pytest.mark.parametrize("keep_unversioned", [True, False])
+def test_series_sharing_their_leaves_with_data_equal_the_batch(keep_unversioned: bool) -> None:
+    rng = random.Random(23)
+    studies = _one_version_per_model(random_studies(rng, 500), keep_unversioned=keep_unversioned)
+    chains = [chain(s) for s in studies]
+    for pairs in (time_ordered(chains), interleave(chains, rng)):
+        _, values = run(pairs, KpiConfig(psi_reference_ms=REFERENCE, late_horizon_ms=30 * DAY_MS))
+        last = last_values(values)
+        assert_matches_batch(last, batch_kpis(finals(chains), REFERENCE))
+        # The shared values are there for both series, equal.
+        shared = [
+            (key, value)
+            for key, value in last.items()
+            if key[5] == "1.0" and key[0] not in ("score_psi", "coverage")
+        ]
+        assert shared
+        for key, value in shared:
+            rolled = last[(*key[:5], "*", key[6])]
+            # Rows without inference (no version) count only in coverage and addenda.
+            same_leaves = not keep_unversioned or key[0] != "addendum_rate"
+            if same_leaves:
+                assert (rolled.numerator, rolled.denominator, rolled.value, rolled.p50) == (
+                    value.numerator,
+                    value.denominator,
+                    value.value,
+                    value.p50,
+                )
+
+
+def test_an_aggregator_pickled_before_data_leaves_were_tracked_goes_on_alike() -> None:
+    rng = random.Random(29)
+    chains = [chain(s) for s in random_studies(rng, 300)]
+    pairs = time_ordered(chains)
+    config = KpiConfig(psi_reference_ms=REFERENCE)
+    current = KpiAggregator(config)
+    for old, new in pairs[: len(pairs) // 2]:
+        feed(current, old, new)
+    restored = pickle.loads(pickle.dumps(current))
+    # As an aggregator pickled by the previous release: no data leaves anywhere.
+    state = dict(restored.__dict__)
+    del state["_data_leaves"]
+    emitter = state["_emitter"]
+    del emitter.__dict__["data_leaves"], emitter.__dict__["_effective"]
+    old_release = KpiAggregator.__new__(KpiAggregator)
+    old_release.__setstate__(state)
+    expected: list[KpiValue] = []
+    got: list[KpiValue] = []
+    for old, new in pairs[len(pairs) // 2 :]:
+        expected += feed(current, old, new)
+        got += feed(old_release, old, new)
+    assert got + old_release.close_all() == expected + current.close_all()
