@@ -115,13 +115,17 @@ def _progress(env: object) -> tuple[int, int, int]:
     """(input offsets committed, contributions committed, contributions end offsets)."""
     from kafka import KafkaConsumer, TopicPartition
     from kafka.admin import KafkaAdminClient
+    from kafka.errors import CoordinatorNotAvailableError
 
     admin = KafkaAdminClient(bootstrap_servers=env.bootstrap)  # type: ignore[attr-defined]
     consumer = KafkaConsumer(bootstrap_servers=env.bootstrap)  # type: ignore[attr-defined]
     try:
-        done = admin.list_group_offsets(env.app_id).get(env.app_id, {})  # type: ignore[attr-defined]
         kpi_group = env.kpi_group or env.app_id  # type: ignore[attr-defined]
-        kpi_done = admin.list_group_offsets(kpi_group).get(kpi_group, {})
+        try:
+            done = admin.list_group_offsets(env.app_id).get(env.app_id, {})  # type: ignore[attr-defined]
+            kpi_done = admin.list_group_offsets(kpi_group).get(kpi_group, {})
+        except CoordinatorNotAvailableError:
+            return 0, 0, 1  # a group's coordinator is not elected yet: nothing committed
         topic = env.topics.contributions  # type: ignore[attr-defined]
         tps = [TopicPartition(topic, p) for p in range(env.partitions)]  # type: ignore[attr-defined]
         ends = sum(consumer.end_offsets(tps).values())
