@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
+from pydantic import BaseModel
 
 from schemas.records import Breach, DeadLetter, KpiValue, LineageRecord, ReviewCandidate
 from sinks.base import Output
@@ -47,6 +48,8 @@ DEFAULT_BATCH_RECORDS = 2000
 def _default(value: Any) -> Any:
     if isinstance(value, bytes):
         return base64.b64encode(value).decode("ascii")
+    if isinstance(value, BaseModel):
+        return value.__dict__
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
@@ -60,7 +63,9 @@ def record_to_json(record: Output) -> bytes:
     if type(record) is KpiValue:
         # Flat, every field a str, int, float, bool or None: its fields are the document.
         return orjson.dumps(record.__dict__)
-    return orjson.dumps(record.model_dump(mode="python"), default=_default)
+    # A model's fields in their order, as model_dump gives them (orjson writes enums by
+    # value and tuples as arrays itself); bytes and nested models through _default.
+    return orjson.dumps(record.__dict__, default=_default)
 
 
 class JsonLinesSink:

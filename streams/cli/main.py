@@ -61,4 +61,3 @@ def main(
 ) -> None:
     """Governance pipeline for AI in medical imaging."""
     tune_garbage_collector()
-

@@ -17,11 +17,12 @@ lineage stage:
   ``kpi_encoder`` (a JSON line, a row tuple) and sends the encoded values back with the
   breaches and dead letters, which this process hands to the sinks.
 
-Requests travel through a pipe, whose send blocks while the child is behind (memory
-stays bounded); results through a queue, drained after every batch, whose feeder
-thread never blocks the child. The outputs are the same as ``replay``'s; only the place
-of late dead letters among the others in ``dlq`` can differ (they come back a batch or
-more later). The child is spawned (not forked: chDB runs threads in this process).
+Requests are sent 500 or more at a time through a queue of at most 8 such batches, so
+this process works ahead while the child starts or catches up, and waits beyond it
+(memory stays bounded). Results come back through a queue without a bound, drained
+after every batch, whose feeder thread never blocks the child. The outputs are the
+same as ``replay``'s; only the place of late dead letters among the others in ``dlq``
+can differ (they come back some batches later). The child is spawned (not forked: chDB runs threads in this process).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import queue
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,13 @@ from streams.replay.driver import DEFAULT_CHUNK_SIZE, ReplayStats, replay
 __all__ = ["KpiProcessError", "RemoteKpiHalf", "replay_parallel"]
 
 KpiEncoder = Callable[[KpiValue], Any]
+_SEND_AT = 500
+"""Requests gathered before they are sent: a replay in small batches (the demo's are ten
+events) would otherwise pay a queue message per batch."""
+_REQUESTS_AHEAD = 8
+"""Batches of requests this process may be ahead of the child: it goes on reading and
+joining while the child starts (imports take about half a second) or catches up, and
+its memory stays bounded."""
 _RESULT_WAIT_S = 1.0
 """How often a wait for the child checks that it is still alive."""
 
@@ -79,7 +86,7 @@ _Request = tuple[Any, ...]
 
 
 def _kpi_process(
-    requests: Connection,
+    requests: Any,
     results: Any,
     settings: GovernanceSettings,
     encoders: Sequence[KpiEncoder | None],
@@ -91,7 +98,7 @@ def _kpi_process(
         closed = False
         while not closed:
             out = _Outputs()
-            for request in requests.recv():
+            for request in requests.get():
                 kind = request[0]
                 if kind == "c":
                     _, old, new, updated_at_ms, record = request
@@ -145,15 +152,14 @@ class RemoteKpiHalf:
         """KPI values the child emitted (they go to the sinks, not to ``out``)."""
         context = multiprocessing.get_context("spawn")
         self._results = context.Queue()
-        receiver, self._sender = context.Pipe(duplex=False)
+        self._sender = context.Queue(_REQUESTS_AHEAD)
         self._process = context.Process(
             target=_kpi_process,
-            args=(receiver, self._results, settings, encoders),
+            args=(self._sender, self._results, settings, encoders),
             name="imgov-replay-kpi",
             daemon=True,
         )
         self._process.start()
-        receiver.close()
 
     @property
     def too_late(self) -> dict[str, int]:
@@ -178,7 +184,8 @@ class RemoteKpiHalf:
         if self._too_late is not None:
             return  # closed: everything was collected
         self._requests.append(("l",))
-        self._send()
+        if len(self._requests) >= _SEND_AT:
+            self._send()
         self._collect(out, until_closed=False)
 
     def close_all(self, out: KpiOutputs) -> None:
@@ -187,19 +194,32 @@ class RemoteKpiHalf:
         self._send()
         self._collect(out, until_closed=True)
         self._process.join(timeout=30)
+        self._sender.close()
+        self._sender.join_thread()  # the child read every request: nothing is left
+        self._results.close()
 
     def terminate(self) -> None:
-        """Stops the child (a replay that failed here)."""
+        """Stops the child (a replay that failed here).
+
+        Requests still buffered for it are dropped: a queue's feeder thread would
+        otherwise wait, at this process's exit, for a reader that is gone.
+        """
         if self._process.is_alive():
             self._process.kill()
         self._process.join(timeout=5)
+        self._sender.cancel_join_thread()
+        self._sender.close()
+        self._results.close()
 
     def _send(self) -> None:
         requests, self._requests = self._requests, []
-        try:
-            self._sender.send(requests)
-        except (BrokenPipeError, OSError) as exc:
-            raise KpiProcessError(f"the KPI process failed: {self._failure()}") from exc
+        while True:
+            try:
+                self._sender.put(requests, timeout=_RESULT_WAIT_S)
+                return
+            except queue.Full:
+                if not self._process.is_alive():
+                    raise KpiProcessError(f"the KPI process failed: {self._failure()}") from None
 
     def _collect(self, out: KpiOutputs, *, until_closed: bool) -> None:
         while True:
