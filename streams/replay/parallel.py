@@ -22,7 +22,8 @@ this process works ahead while the child starts or catches up, and waits beyond 
 (memory stays bounded). Results come back through a queue without a bound, drained
 after every batch, whose feeder thread never blocks the child. The outputs are the
 same as ``replay``'s; only the place of late dead letters among the others in ``dlq``
-can differ (they come back some batches later). The child is spawned (not forked: chDB runs threads in this process).
+can differ (they come back some batches later). The child is spawned, not forked:
+chDB runs threads in this process.
 """
 
 from __future__ import annotations
