@@ -82,6 +82,9 @@ class _KpiPartition:
     """One source per upstream input partition, fed by watermark records."""
     applied: AppliedOffsets
     """The contributions in the aggregator, by offset (a gap in delivery is filled later)."""
+    held: dict[int, InputMessage] = field(default_factory=dict)
+    """Control messages delivered beyond a gap, by offset: a watermark or close marker
+    vouches for every contribution before it, so it waits until they are applied."""
 
     @property
     def aggregator(self) -> KpiAggregator:
@@ -159,21 +162,21 @@ class KpiStage:
             # only the row table is repaired (a crash may have lost row writes that
             # followed the snapshot in the changelog).
             replayed = message.offset in part.applied
+            control = message.header(CONTROL_HEADER)
+            if control in (CONTROL_WATERMARK, CONTROL_CLOSE):
+                if replayed:
+                    out.redelivered += 1
+                elif _gap_below(part.applied, message.offset):
+                    # Faust delivered it before contributions it vouches for (a gap):
+                    # applied once they are, so that no window closes ahead of them.
+                    part.held[message.offset] = message
+                else:
+                    self._control(part, message, out)
+                continue
             if replayed:
                 out.redelivered += 1
             else:
                 part.applied.add(message.offset)
-            control = message.header(CONTROL_HEADER)
-            if control == CONTROL_WATERMARK:
-                if not replayed:
-                    self._watermark(part, message, out)
-                continue
-            if control == CONTROL_CLOSE:
-                if not replayed:
-                    part.step.close_all(out)
-                    part.step.take_late(out, _origin(message))
-                    out.closed += 1
-                continue
             if not message.value:
                 continue
             new = self._codec.decode(message.value, LineageRecord)
@@ -197,7 +200,29 @@ class KpiStage:
             out.applied += 1
             part.step.count(old, new, out)
             part.step.take_late(out, _origin(message))
+        for partition in sorted(self._touched):
+            self._release_held(self._parts[partition], out)
         return out
+
+    def _control(self, part: _KpiPartition, message: InputMessage, out: KpiBatch) -> None:
+        """Applies a watermark record or a close marker (its offset becomes applied)."""
+        part.applied.add(message.offset)
+        if message.header(CONTROL_HEADER) == CONTROL_WATERMARK:
+            self._watermark(part, message, out)
+        else:
+            part.step.close_all(out)
+            part.step.take_late(out, _origin(message))
+            out.closed += 1
+
+    def _release_held(self, part: _KpiPartition, out: KpiBatch) -> None:
+        """Applies held control messages, in log order, once no gap is left below them."""
+        for offset in sorted(part.held):
+            if offset in part.applied:
+                del part.held[offset]  # applied meanwhile (a redelivery)
+            elif _gap_below(part.applied, offset):
+                return
+            else:
+                self._control(part, part.held.pop(offset), out)
 
     def _watermark(self, part: _KpiPartition, message: InputMessage, out: KpiBatch) -> None:
         upstream, watermark = parse_watermark(message)
@@ -295,6 +320,14 @@ def _from_snapshot(
     prefix = [] if offset is None else [(0, offset + 1)]
     applied = AppliedOffsets(source, prefix + [(o, o + 1) for o in above])
     return _KpiPartition(KpiStep(aggregator, breaches), upstream, applied)
+
+
+def _gap_below(applied: AppliedOffsets, offset: int) -> bool:
+    """Whether offsets below ``offset`` (above the first one applied) are missing."""
+    end = applied.next_offset
+    if end is not None and offset > end:
+        return True
+    return any(start < offset for start, _ in applied.gaps)
 
 
 def _origin(message: InputMessage) -> tuple[str, int, int]:

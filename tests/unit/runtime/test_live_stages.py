@@ -329,6 +329,30 @@ def test_offsets_skipped_by_delivery_are_applied_when_they_come_after_all() -> N
     assert _without_revision(_finals(emitted)) == _without_revision(reference)
 
 
+def test_watermarks_and_close_delivered_beyond_a_gap_wait_for_it() -> None:
+    """Faust delivered the rest of a partition, its close marker included, before a gap.
+
+    The watermark records and the close marker vouch for every contribution before
+    them: applied at once, they closed the windows the gap's contributions belong to
+    (a live test saw 1,338 of them dead-lettered). Held until the gap is filled, the
+    stage ends as if delivery had been in order.
+    """
+    log, reference = _contributions_log()
+    stage = _kpi_stage(DictPartitionedStore())
+    gap = range(len(log) // 4, len(log) // 2)
+    first = stage.process(log[: gap.start])
+    beyond = stage.process(log[gap.stop :])  # watermarks and the close marker, early
+    assert beyond.closed == 0 and not beyond.dead_letters
+    filled = stage.process(log[gap.start : gap.stop])
+    assert filled.closed == 1 and not filled.dead_letters
+    assert set(stage.too_late().values()) == {0}
+    emitted = first.kpis + beyond.kpis + filled.kpis
+    assert _without_revision(_finals(emitted)) == _without_revision(reference)
+    # Redelivered after all, the held messages change nothing.
+    again = stage.process(log[gap.stop :])
+    assert again.closed == 0 and not again.kpis
+
+
 def test_a_revision_recomputed_after_a_crash_replaces_the_one_applied() -> None:
     """The lineage stage's last batch re-runs after a crash, cut differently: a row gets
     the same revision number with more events. The KPI stage counts the new content."""
