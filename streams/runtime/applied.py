@@ -74,6 +74,14 @@ class AppliedOffsets:
         """One past the highest applied offset (None: nothing applied yet)."""
         return self._ends[-1] if self._ends else None
 
+    def missing_below(self, offset: int) -> bool:
+        """Whether an offset between the first one applied and ``offset`` is not applied.
+
+        A message that vouches for everything before it in its partition (a watermark
+        record, a close marker) may only take effect when this is False.
+        """
+        return bool(self._ends) and offset > self._ends[0]
+
     def add(self, offset: int) -> None:
         """Records ``offset`` as applied; logs a gap it opens or fills."""
         i = bisect_right(self._starts, offset) - 1

@@ -166,7 +166,7 @@ class KpiStage:
             if control in (CONTROL_WATERMARK, CONTROL_CLOSE):
                 if replayed:
                     out.redelivered += 1
-                elif _gap_below(part.applied, message.offset):
+                elif part.applied.missing_below(message.offset):
                     # Faust delivered it before contributions it vouches for (a gap):
                     # applied once they are, so that no window closes ahead of them.
                     part.held[message.offset] = message
@@ -219,7 +219,7 @@ class KpiStage:
         for offset in sorted(part.held):
             if offset in part.applied:
                 del part.held[offset]  # applied meanwhile (a redelivery)
-            elif _gap_below(part.applied, offset):
+            elif part.applied.missing_below(offset):
                 return
             else:
                 self._control(part, part.held.pop(offset), out)
@@ -320,14 +320,6 @@ def _from_snapshot(
     prefix = [] if offset is None else [(0, offset + 1)]
     applied = AppliedOffsets(source, prefix + [(o, o + 1) for o in above])
     return _KpiPartition(KpiStep(aggregator, breaches), upstream, applied)
-
-
-def _gap_below(applied: AppliedOffsets, offset: int) -> bool:
-    """Whether offsets below ``offset`` (above the first one applied) are missing."""
-    end = applied.next_offset
-    if end is not None and offset > end:
-        return True
-    return any(start < offset for start, _ in applied.gaps)
 
 
 def _origin(message: InputMessage) -> tuple[str, int, int]:

@@ -54,6 +54,22 @@ def test_offsets_beyond_a_gap_do_not_count_the_gap_as_applied(
     assert "t[0]: gap in delivery filled up to offset 24" in caplog.text
 
 
+def test_missing_below_names_a_gap_before_an_offset() -> None:
+    applied = AppliedOffsets("t[0]")
+    assert not applied.missing_below(7)  # nothing applied: nothing known to be missing
+    for offset in (3, 4, 5):
+        applied.add(offset)
+    assert not applied.missing_below(6)  # the next one
+    assert not applied.missing_below(1)  # re-read from before the first one applied
+    assert applied.missing_below(7)  # 6 was never delivered
+    applied.add(9)
+    assert applied.missing_below(10) and not applied.missing_below(5)
+    applied.add(6)
+    applied.add(7)
+    applied.add(8)
+    assert not applied.missing_below(10)
+
+
 def test_applied_offsets_round_trip_and_refuse_bad_records() -> None:
     applied = AppliedOffsets("t[1]", [(7, 9), (0, 3), (2, 5)])  # overlapping ranges merge
     assert applied.ranges == [(0, 5), (7, 9)]
