@@ -53,19 +53,19 @@ def _default(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
-def kpi_to_json(value: KpiValue) -> bytes:
-    """Returns one KPI value's JSON line (no newline): ``record_to_json`` of a KPI value."""
-    return orjson.dumps(value.__dict__)
-
-
 def record_to_json(record: Output) -> bytes:
-    """Returns one output record as a compact, deterministic JSON line (no newline)."""
-    if type(record) is KpiValue:
-        # Flat, every field a str, int, float, bool or None: its fields are the document.
-        return orjson.dumps(record.__dict__)
-    # A model's fields in their order, as model_dump gives them (orjson writes enums by
-    # value and tuples as arrays itself); bytes and nested models through _default.
+    """Returns one output record as a compact, deterministic JSON line (no newline).
+
+    A model's fields in their order, as ``model_dump`` gives them: orjson writes enums
+    by value and tuples as arrays itself; bytes and nested models go through
+    ``_default``.
+    """
     return orjson.dumps(record.__dict__, default=_default)
+
+
+def kpi_to_json(value: KpiValue) -> bytes:
+    """``record_to_json`` of a KPI value (the encoder a KPI process is given)."""
+    return record_to_json(value)
 
 
 class JsonLinesSink:

@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             f"{row[f'peak_rss_mb_{long}']:>5} M {row['rss_ratio']:>6.2f}"
         )
     record: dict[str, object] = {
-        "benchmark": "scale",
+        "bench": "scale",
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": platform.node(),
         "cpus": os.cpu_count(),
