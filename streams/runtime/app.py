@@ -81,7 +81,7 @@ _SINK_OPTIONS: dict[str, Any] = {
 
 
 class GroupProgress:
-    """Whether the consumer group has committed every input offset (blocking; threads)."""
+    """What the consumer group has not committed yet of its inputs (blocking; threads)."""
 
     def __init__(self, bootstrap: str, group: str, topics: tuple[str, ...]) -> None:
         self._bootstrap = bootstrap
@@ -90,7 +90,10 @@ class GroupProgress:
         self._admin: Any = None
         self._consumer: Any = None
 
-    def caught_up(self) -> bool:
+    def lagging(self) -> dict[tuple[str, int], int] | None:
+        """Per input ``(topic, partition)`` with messages not committed yet: the
+        committed offset (0 if none). Empty when the group has committed everything;
+        None when the brokers could not be asked."""
         from kafka import KafkaConsumer, TopicPartition
         from kafka.admin import KafkaAdminClient
 
@@ -108,13 +111,14 @@ class GroupProgress:
         except Exception as exc:  # any client error: not known to be caught up
             log.info("idle check failed (%s); will retry", exc)
             self.close()
-            return False
+            return None
+        lagging = {}
         for tp in tps:
-            end = ends.get(tp, 0)
             done = committed.get(tp)
-            if end > 0 and (done is None or done.offset < end):
-                return False
-        return True
+            offset = 0 if done is None or done.offset < 0 else done.offset
+            if offset < ends.get(tp, 0):
+                lagging[(tp.topic, tp.partition)] = offset
+        return lagging
 
     def close(self) -> None:
         for client in (self._admin, self._consumer):
@@ -127,18 +131,48 @@ class GroupProgress:
 class CommitStallGuard:
     """Re-reads a partition whose commit is stuck behind a message never delivered.
 
-    The delivery race that left such gaps after a rebalance or a recovery is fixed in
-    Faust's consumer (``faust_fixes``, 3), so this is a backstop for one not known yet:
-    when a partition's acknowledged offsets stay beyond its committed offset at two
-    consecutive checks, it logs an error and seeks back to the committed offset. The
-    stages apply each offset exactly once (``streams.runtime.applied``), so the
-    re-read fills the gap and changes nothing else.
+    The delivery races that left such gaps after a rebalance or a recovery are fixed in
+    Faust's consumer (``faust_fixes``), so this is a backstop for ones not known yet,
+    in two forms. ``check``: when a partition's acknowledged offsets stay beyond its
+    committed offset at two consecutive checks, a message before them was never
+    delivered. ``check_idle``: when the input has been idle and the group's commits of
+    a partition stay behind its end at two consecutive idle checks, with nothing
+    acknowledged beyond them, the messages were fetched (the consumer's position moved
+    past them) and dropped before delivery: seen after a worker left the group, on
+    partitions that were neither paused nor sought (1 run in about 6 of the 1-2-1
+    scaling test, every uncommitted message of 6 partitions). Either way it logs an
+    error and seeks back to the committed offset. The stages apply each offset
+    exactly once (``streams.runtime.applied``), so the re-read fills the gap and
+    changes nothing else.
     """
 
     def __init__(self, app: faust.App, topics: tuple[str, ...]) -> None:
         self._app = app
         self._topics = set(topics)
         self._suspects: dict[Any, int] = {}
+        self._idle_suspects: dict[tuple[str, int], int] = {}
+
+    async def check_idle(self, lagging: dict[tuple[str, int], int]) -> None:
+        """``lagging``: per input partition behind its end, the group's committed
+        offset (``GroupProgress.lagging``), taken while no input arrived."""
+        consumer = self._app.consumer
+        assigned = consumer.assignment()
+        paused = getattr(consumer, "_paused_partitions", set())
+        for (topic, partition), committed in lagging.items():
+            tp = TP(topic, partition)
+            if (
+                self._idle_suspects.get((topic, partition)) == committed
+                and tp in assigned
+                and tp not in paused
+            ):
+                log.error(
+                    "input idle, but commits of %s stay at offset %d below its end:"
+                    " messages fetched and never delivered; re-reading from there",
+                    tp,
+                    committed,
+                )
+                await consumer.seek(tp, committed)
+        self._idle_suspects = dict(lagging)
 
     async def check(self) -> None:
         consumer = self._app.consumer
@@ -258,14 +292,12 @@ def build_app(
         highwater=highwater,
         settled=lambda: not (app.rebalancing or app.in_recovery),
     )
-    consumed: tuple[str, ...] = ()
-    if worker.role in ("all", "lineage"):
-        _add_lineage(app, worker, governance, kafka, clickhouse, codec, io)
-        consumed += topics.inputs
-    if worker.role in ("all", "kpi"):
+    lineage, kpi = worker.role in ("all", "lineage"), worker.role in ("all", "kpi")
+    stalls = CommitStallGuard(app, topics.inputs * lineage + (topics.contributions,) * kpi)
+    if lineage:
+        _add_lineage(app, worker, governance, kafka, clickhouse, codec, io, stalls)
+    if kpi:
         _add_kpi(app, worker, governance, clickhouse, codec, io)
-        consumed += (topics.contributions,)
-    stalls = CommitStallGuard(app, consumed)
 
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
     async def commit_stalls() -> None:
@@ -299,8 +331,10 @@ def _add_lineage(
     clickhouse: ClickHouseSettings,
     codec: Codec,
     io: WorkerIO,
+    stalls: CommitStallGuard,
 ) -> None:
-    """The lineage agent, its table and the idle timer that closes every KPI window."""
+    """The lineage agent, its table and the idle timer that closes every KPI window
+    (or, while the group has not committed every input, has ``stalls`` look why)."""
     topics = WorkerTopics.with_namespace(worker.topic_namespace)
     inputs = app.topic(*topics.inputs, **_RAW)
     store = _table(app, LINEAGE_TABLE, worker.partitions)
@@ -340,7 +374,11 @@ def _add_lineage(
             return
         if time.monotonic() - runner.last_input_s < worker.idle_close_s:
             return
-        if not await asyncio.to_thread(progress.caught_up):
+        lagging = await asyncio.to_thread(progress.lagging)
+        if lagging is None:
+            return
+        if lagging:
+            await stalls.check_idle(lagging)
             return
         log.info("input idle and committed: closing every KPI window")
         await runner.send_close_markers(worker.partitions)

@@ -1,0 +1,45 @@
+"""The stall guard re-reads input partitions whose messages were fetched and dropped."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+from faust.types import TP
+
+from streams.runtime.app import CommitStallGuard
+
+
+class _Consumer:
+    """The parts of Faust's consumer that ``CommitStallGuard.check_idle`` touches."""
+
+    def __init__(self, assigned: set[TP], paused: set[TP]) -> None:
+        self._assigned = assigned
+        self._paused_partitions = paused
+        self.sought: list[tuple[TP, int]] = []
+
+    def assignment(self) -> set[TP]:
+        return self._assigned
+
+    async def seek(self, tp: TP, offset: int) -> None:
+        self.sought.append((tp, offset))
+
+
+def test_an_idle_partition_behind_its_end_twice_at_the_same_offset_is_read_again() -> None:
+    mine, paused = TP("in", 0), TP("in", 1)
+    consumer = _Consumer({mine, paused}, {paused})
+    guard = CommitStallGuard(SimpleNamespace(consumer=consumer), ("in",))  # type: ignore[arg-type]
+
+    def check(lagging: dict[tuple[str, int], int]) -> list[tuple[TP, int]]:
+        consumer.sought.clear()
+        asyncio.run(guard.check_idle(lagging))
+        return list(consumer.sought)
+
+    lagging = {("in", 0): 60, ("in", 1): 10, ("in", 2): 5}
+    assert check(lagging) == []  # once may be a commit on its way
+    # Twice at the same offset: only the partition this worker owns and fetches; a
+    # paused one is held back on purpose, another worker's is not ours to seek.
+    assert check(lagging) == [(mine, 60)]
+    assert check({("in", 0): 72}) == []  # it moved: wait again
+    assert check({}) == []
+    assert check({("in", 0): 72}) == []
