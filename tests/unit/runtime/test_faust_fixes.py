@@ -326,6 +326,37 @@ async def test_a_seek_of_one_partition_leaves_the_records_of_another_alone() -> 
     assert delivered_other == [(other, offset) for offset in range(COMMITTED, END)]
 
 
+async def _stale_acks_across_a_rebalance(fixed: bool) -> tuple[Any, int | None]:
+    """Acknowledgements of a batch fetched before a rebalance arrive while the
+    partition's committed offset is unknown (the revocation forgot it): offsets 20-24,
+    while 10-19 were never processed. Returns the consumer and what it then commits."""
+    kafka = FakeKafka({STREAM: END}, {STREAM: COMMITTED})
+    consumer = _consumer(fixed, kafka)
+    consumer._committed_offset[STREAM] = COMMITTED
+
+    async def revoked_by_the_app(revoked: set[TP]) -> None:
+        return None
+
+    consumer._on_partitions_revoked = revoked_by_the_app  # the app's callbacks: tables etc.
+    await consumer.on_partitions_revoked({STREAM})
+    assert consumer._committed_offset[STREAM] is None
+    return consumer, _commits(consumer, list(range(COMMITTED + 10, COMMITTED + 15)))
+
+
+async def test_faust_commits_past_unprocessed_offsets_during_a_rebalance() -> None:
+    _, committed = await _stale_acks_across_a_rebalance(False)
+    assert committed == COMMITTED + 15  # offsets 10-19 are skipped for good
+
+
+async def test_fixed_consumer_commits_nothing_until_the_seek_that_ends_a_rebalance() -> None:
+    consumer, committed = await _stale_acks_across_a_rebalance(True)
+    assert committed is None
+
+    await consumer.perform_seek()  # the end of the rebalance: committed offset 10 again
+    assert _commits(consumer, []) is None  # 20-24 do not follow 10
+    assert _commits(consumer, list(range(COMMITTED, COMMITTED + 10))) == COMMITTED + 15
+
+
 def test_apply_is_idempotent() -> None:
     before = {name: getattr(faust_consumer.ThreadDelegateConsumer, name) for name in PATCHED}
     apply_faust_commit_fixes()
