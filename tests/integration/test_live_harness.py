@@ -257,7 +257,7 @@ class LiveEnv:
             "IMGOV_WORKER_PARTITIONS": str(self.partitions),
             "IMGOV_WORKER_IDLE_CLOSE_S": str(self.idle_close_s),
             "IMGOV_WORKER_BATCH_SIZE": "500",
-            "IMGOV_WORKER_LOG_LEVEL": "warn",
+            "IMGOV_WORKER_LOG_LEVEL": os.environ.get("IMGOV_TEST_WORKER_LOG_LEVEL", "warn"),
             **self.extra_env,
         }
 
