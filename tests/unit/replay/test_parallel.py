@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing.spawn
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from streams.governance import (
     load_settings,
 )
 from streams.replay.driver import replay
-from streams.replay.parallel import KpiProcessError, replay_parallel
+from streams.replay.parallel import KpiProcessError, _main_module_hidden, replay_parallel
 from streams.simulate.config import DeliveryConfig, SimulationConfig
 from streams.simulate.output import write_events
 from streams.simulate.run import run_simulation
@@ -141,3 +143,17 @@ def test_a_failure_in_the_kpi_process_stops_the_replay(events: Path, tmp_path: P
     sink = _RefusingSink(tmp_path / "out")
     with pytest.raises(KpiProcessError, match=r"^the KPI process failed: ValueError: no encoding"):
         replay_parallel([events], _settings(), [sink], _validator())
+
+
+def test_the_kpi_process_does_not_run_the_main_module_again() -> None:
+    """A spawned child re-runs the parent's ``__main__`` unless told there is none (for
+    ``imgov`` that imports every CLI command); the parent's module stays as it was."""
+    main = sys.modules["__main__"]
+    before = (main.__dict__.get("__file__"), main.__dict__.get("__spec__"))
+    assert {"init_main_from_path", "init_main_from_name"} & set(
+        multiprocessing.spawn.get_preparation_data("probe")
+    )  # pytest's own main module would be run again
+    with _main_module_hidden():
+        prepared = multiprocessing.spawn.get_preparation_data("probe")
+    assert not {"init_main_from_path", "init_main_from_name"} & set(prepared)
+    assert (main.__dict__.get("__file__"), main.__dict__.get("__spec__")) == before
