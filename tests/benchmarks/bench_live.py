@@ -8,6 +8,9 @@ it measures, in one run on the same topics:
 * **ceiling**: an aiokafka consumer that only decodes every input message with
   fastavro (its writer schema from the registry), events/s; and the same consumer
   decoding and validating with the codec, as the worker does;
+* **Faust alone**: a Faust worker on the same topics that only takes batches, produces
+  0 or 2 copies of each message and acknowledges it (``faust_passthrough``): the
+  framework's own ceiling, before any work of the worker's;
 * **live**, for two layouts: one ``imgov worker`` with both stages (``all``), and one
   worker per stage (``split``: roles ``lineage`` and ``kpi``); each drains the same
   input (decode, join, KPIs, output topics, ClickHouse, state changelog, commits).
@@ -109,6 +112,32 @@ async def _ceiling(
         return seen / (time.perf_counter() - started)
     finally:
         await consumer.stop()
+
+
+def _faust_ceiling(bootstrap: str, topics: tuple[str, ...], total: int, produce: int) -> float:
+    """Messages/s of a Faust worker that only takes, produces ``produce`` copies of each
+    message and acknowledges (``faust_passthrough``), on the same input topics."""
+    import subprocess
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.benchmarks.faust_passthrough",
+            bootstrap,
+            ",".join(topics),
+            str(total),
+            str(produce),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    for line in done.stdout.splitlines():
+        if line.startswith("{"):
+            return float(json.loads(line)["messages_per_s"])
+    raise RuntimeError(f"faust_passthrough failed ({done.returncode}): {done.stderr[-2000:]}")
 
 
 def _progress(env: object) -> tuple[int, int, int]:
@@ -264,6 +293,7 @@ def main() -> int:
             )
             total = len(events)
             ceiling = validated = 0.0
+            faust_only: dict[str, float] = {}
             layouts: dict[str, dict[str, object]] = {}
             for layout in layouts_wanted:
                 env = LiveEnv("127.0.0.1:19092", tmp, extra_env=_PRODUCTION_BATCHES)
@@ -279,6 +309,11 @@ def main() -> int:
                         validated = asyncio.run(
                             _ceiling(env.bootstrap, inputs, partitions, total, validate=True)
                         )
+                        for produce_each in (0, 2):
+                            faust_only[f"take_produce_{produce_each}_ack"] = _faust_ceiling(
+                                env.bootstrap, inputs, total, produce_each
+                            )
+                        print(f"{stream}: Faust alone, messages/s: {faust_only}", flush=True)
                     live, end_to_end = _live_rate(env, total, layout)
                     print(
                         f"{stream} {layout}: ceiling {ceiling:,.0f} events/s, live "
@@ -321,6 +356,7 @@ def main() -> int:
                 "events": total,
                 "ceiling_events_per_s": round(ceiling),
                 "decode_and_validate_events_per_s": round(validated),
+                "faust_passthrough_messages_per_s": {k: round(v) for k, v in faust_only.items()},
                 "layouts": layouts,
             }
 
