@@ -158,6 +158,7 @@ class CommitStallGuard:
         consumer = self._app.consumer
         assigned = consumer.assignment()
         paused = getattr(consumer, "_paused_partitions", set())
+        sought = set()
         for (topic, partition), committed in lagging.items():
             tp = TP(topic, partition)
             if (
@@ -172,7 +173,9 @@ class CommitStallGuard:
                     committed,
                 )
                 await consumer.seek(tp, committed)
-        self._idle_suspects = dict(lagging)
+                sought.add((topic, partition))
+        # A partition just sought gets two more checks to deliver before the next seek.
+        self._idle_suspects = {s: c for s, c in lagging.items() if s not in sought}
 
     async def check(self) -> None:
         consumer = self._app.consumer
