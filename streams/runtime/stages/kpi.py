@@ -185,14 +185,22 @@ class KpiStage:
             old = None if raw_old is None else self._codec.decode(raw_old, LineageRecord)
             if old is not None and (
                 old.revision > new.revision
-                or (old.revision == new.revision and old.record_hash == new.record_hash)
+                or (
+                    old.revision == new.revision
+                    and (
+                        old.record_hash == new.record_hash
+                        or len(old.event_ids) > len(new.event_ids)
+                    )
+                )
             ):
                 out.duplicates += 1
                 continue
             # The same revision with other content is not a duplicate: the lineage stage
-            # re-ran its last batch after a crash (its state never saw the first run),
-            # cut differently, so that revision now holds more events. It replaces the
-            # one applied, as a newer revision would.
+            # re-ran its last batch after a crash or a rebalance (its state never saw the
+            # first run), cut differently, so that revision now holds more events. It
+            # replaces the one applied, as a newer revision would. The first run's,
+            # delivered after it (beyond a gap, out of log order), holds fewer events
+            # and is ignored: arrival order must not decide which of the two counts.
             self.rows.use_partition(message.partition)
             self.rows[key] = message.value
             if replayed:
