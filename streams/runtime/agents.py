@@ -59,10 +59,6 @@ shares the loop and is on the latency path (produce -> lineage row in ClickHouse
 while a batch of contributions can fan out to thousands of KPI values."""
 
 
-_SETTLE_POLL_S = 0.05
-"""How often a batch that waits for a rebalance to end looks again."""
-
-
 def input_messages(events: Iterable[Any]) -> list[InputMessage]:
     """Converts Faust events (raw bytes serializers) to :class:`InputMessage`."""
     out = []
@@ -393,17 +389,8 @@ class KpiRunner:
         """Contributions skipped because their offsets were already applied."""
 
     async def kpi_batch(self, events: Sequence[Any], ack: Callable[[Any], Any]) -> None:
-        """Runs one batch of contributions (steps 1-3); acks it at the next checkpoint.
-
-        A batch handed over during a rebalance (records fetched before it) waits until
-        the rebalance and the table recovery after it are over: a snapshot or row read
-        meanwhile can be an older value the recovery is replaying from the changelog,
-        older than the offsets already committed, whose contributions are then never
-        read again.
-        """
+        """Runs one batch of contributions (steps 1-3); acks it at the next checkpoint."""
         async with self._kpi_lock:
-            while not self._io.settled():
-                await asyncio.sleep(_SETTLE_POLL_S)
             self._kpi_check_assignment()
             messages = input_messages(events)
             batch = KpiBatch()

@@ -11,7 +11,6 @@ behind ``SinkFlusher``) and the state store are in-memory fakes that write a jou
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import zlib
 from collections.abc import Callable
@@ -293,22 +292,6 @@ async def test_kpi_batches_are_acknowledged_only_at_the_checkpoint_after_the_sta
     await runner.kpi_tick()
     assert journal.phases()[-3:] == ["state.write", "producer.flush", "ack"]
     assert acked == batch and runner.kpi_unacknowledged == 0 and store.data
-
-
-async def test_a_kpi_batch_handed_over_during_a_rebalance_waits_until_it_ends() -> None:
-    journal, clock = Journal(), Clock()
-    runner, _ = _kpi_runner(journal, clock)
-    settled = False
-    runner._io = dataclasses.replace(runner._io, settled=lambda: settled)
-    acked: list[Any] = []
-    batch = asyncio.create_task(
-        runner.kpi_batch(_contributions(Codec(registry_from_environ({}))), _ack(journal, acked))
-    )
-    await asyncio.sleep(0.2)
-    assert not batch.done() and runner.kpi_unacknowledged == 0  # nothing read or applied
-    settled = True
-    await asyncio.wait_for(batch, timeout=5)
-    assert runner.kpi_unacknowledged > 0
 
 
 async def test_kpi_values_are_flushed_and_produced_before_the_checkpoint() -> None:
