@@ -74,20 +74,13 @@ class AppliedOffsets:
         """One past the highest applied offset (None: nothing applied yet)."""
         return self._ends[-1] if self._ends else None
 
-    def missing_below(self, offset: int, start: int = 0) -> bool:
-        """Whether an offset from ``start`` (where the partition's log begins) up to
-        ``offset`` is not applied.
+    def missing_below(self, offset: int) -> bool:
+        """Whether an offset between the first one applied and ``offset`` is not applied.
 
         A message that vouches for everything before it in its partition (a watermark
-        record, a close marker) may only take effect when this is False. The log's
-        start counts: Faust may deliver a partition from beyond it too, and a partition
-        whose first applied offset is past its start has a gap as well.
+        record, a close marker) may only take effect when this is False.
         """
-        if offset <= start:
-            return False
-        if not self._ends or self._starts[0] > start:
-            return True
-        return offset > self._ends[0]
+        return bool(self._ends) and offset > self._ends[0]
 
     def add(self, offset: int) -> None:
         """Records ``offset`` as applied; logs a gap it opens or fills."""
