@@ -296,7 +296,8 @@ def build_app(
         settled=lambda: not (app.rebalancing or app.in_recovery),
     )
     lineage, kpi = worker.role in ("all", "lineage"), worker.role in ("all", "kpi")
-    stalls = CommitStallGuard(app, topics.inputs * lineage + (topics.contributions,) * kpi)
+    consumed = (*(topics.inputs if lineage else ()), *((topics.contributions,) if kpi else ()))
+    stalls = CommitStallGuard(app, consumed)
     if lineage:
         _add_lineage(app, worker, governance, kafka, clickhouse, codec, io, stalls)
     if kpi:

@@ -64,7 +64,7 @@ __all__ = ["apply_faust_commit_fixes"]
 _APPLIED = False
 
 
-class _EpochsDescriptor:
+class _InstanceDict:
     """A per-instance ``dict`` attribute created on first read (Faust's consumers are
     built before the fix could add the attribute in ``__init__``)."""
 
@@ -304,10 +304,10 @@ def apply_faust_commit_fixes() -> None:
 
     # Per partition: the seeks done so far, and their count when the records being
     # delivered were fetched (instance attributes, created on first use).
-    consumer_cls._seek_epochs = _EpochsDescriptor("_seek_epochs_")  # type: ignore[attr-defined]
-    consumer_cls._fetch_epochs = _EpochsDescriptor("_fetch_epochs_")  # type: ignore[attr-defined]
+    consumer_cls._seek_epochs = _InstanceDict("_seek_epochs_")  # type: ignore[attr-defined]
+    consumer_cls._fetch_epochs = _InstanceDict("_fetch_epochs_")  # type: ignore[attr-defined]
     # Partitions whose committed offset is not known since a rebalance (5.).
-    consumer_cls._unsettled = _EpochsDescriptor("_unsettled_")  # type: ignore[attr-defined]
+    consumer_cls._unsettled = _InstanceDict("_unsettled_")  # type: ignore[attr-defined]
     for fn in (
         _add_gap,
         _new_offset,
