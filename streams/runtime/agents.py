@@ -385,6 +385,8 @@ class KpiRunner:
         self._kpi_held: list[tuple[Sequence[Any], Callable[[Any], Any]]] = []
         self._last_current_s = self._last_checkpoint_s = clock()
         self._kpi_assignment: frozenset[Any] | None = None
+        self.last_batch_s = self._last_current_s
+        """When the last batch of contributions was processed (``clock`` seconds)."""
         self.redelivered = 0
         """Contributions skipped because their offsets were already applied."""
 
@@ -418,6 +420,7 @@ class KpiRunner:
             self.redelivered += batch.redelivered
             self._kpi_held.append((events, ack))
             await self._kpi_due()
+            self.last_batch_s = self._clock()
 
     async def kpi_tick(self) -> None:
         """Timer: publishes current values and checkpoints when no batch comes to do it."""

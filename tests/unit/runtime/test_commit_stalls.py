@@ -46,3 +46,26 @@ def test_an_idle_partition_behind_its_end_twice_at_the_same_offset_is_read_again
     assert check({("in", 0): 72}) == []  # it moved: wait again
     assert check({}) == []
     assert check({("in", 0): 72}) == []
+
+
+def test_a_partition_acknowledged_beyond_its_commit_twice_is_read_again_then_given_time() -> None:
+    stuck, moving = TP("in", 0), TP("in", 1)
+    consumer = _Consumer({stuck, moving}, set())
+    consumer._acked = {stuck: [41, 42], moving: [90]}  # type: ignore[attr-defined]
+    committed = {stuck: 30, moving: 3}
+    consumer._committed_offset = committed  # type: ignore[attr-defined]
+    guard = CommitStallGuard(SimpleNamespace(consumer=consumer), ("in",))  # type: ignore[arg-type]
+
+    def check() -> list[tuple[TP, int]]:
+        consumer.sought.clear()
+        asyncio.run(guard.check())
+        committed[moving] += 1  # commits that move, however far behind, are no stall
+        return list(consumer.sought)
+
+    assert check() == []  # acknowledgements ahead of the commit: may be one on its way
+    assert check() == [(stuck, 30)]  # the same offset twice: a message never delivered
+    # The re-read is committed only after the next checkpoint: two more checks first.
+    assert check() == []
+    assert check() == [(stuck, 30)]
+    consumer._acked = {stuck: [], moving: []}  # type: ignore[attr-defined]
+    assert check() == []
