@@ -14,12 +14,16 @@ close). Current values come from ``emit_current``, paced by the caller. At each
 checkpoint (``take_writes``; the worker takes one every few seconds, not every batch)
 the aggregator, evaluator and upstream watermarks of every touched partition are
 snapshotted (pickle), with the offsets applied (``AppliedOffsets``: ranges, so a gap in
-delivery is applied when it comes), into the snapshot table; on reassignment they are
-loaded from it. A contribution is skipped as applied only when its own offset is
-recorded. The contributions log replayed from the last committed offset (never past the
-snapshot: offsets are committed only after it) onto the last snapshot yields the same
-final outputs again: per-record processing does not depend on batch boundaries, so
-recovery is deterministic.
+delivery is applied when it comes) and the rows the batch staged, into the snapshot
+table; on reassignment they are loaded from it. The rows ride in the snapshot because a
+new owner can restore a changelog that holds the snapshot and not yet every row written
+after it: in a live run the old owner's rows took 400 ms to reach the changelog, after
+the partition had been handed over, and the new owner, given later revisions of rows it
+did not find, counted both the old and the new one. A contribution is skipped as
+applied only when its own offset is recorded. The contributions log replayed from the
+last committed offset (never past the snapshot: offsets are committed only after it)
+onto the last snapshot yields the same final outputs again: per-record processing does
+not depend on batch boundaries, so recovery is deterministic.
 """
 
 from __future__ import annotations
@@ -85,6 +89,8 @@ class _KpiPartition:
     held: dict[int, InputMessage] = field(default_factory=dict)
     """Control messages delivered beyond a gap, by offset: a watermark or close marker
     vouches for every contribution before it, so it waits until they are applied."""
+    journal: dict[str, bytes] = field(default_factory=dict)
+    """The rows staged since the partition's last snapshot, which the next one carries."""
 
     @property
     def aggregator(self) -> KpiAggregator:
@@ -143,6 +149,13 @@ class KpiStage:
             raw = self.snapshots.get(_SNAPSHOT + str(partition))
             if raw is not None:
                 part = _from_snapshot(pickle.loads(raw), source, self._new_upstream)
+                # The rows the snapshot's batch wrote after it may be missing from the
+                # table (see the module docstring): staged again, and carried by the
+                # next snapshot until written after one.
+                self.rows.use_partition(partition)
+                for key, value in part.journal.items():
+                    self.rows[key] = value
+                self.rows.use_partition(None)
             else:
                 part = _KpiPartition(
                     KpiStep(self._new_aggregator(), self._new_breaches()),
@@ -202,7 +215,7 @@ class KpiStage:
             # delivered after it (beyond a gap, out of log order), holds fewer events
             # and is ignored: arrival order must not decide which of the two counts.
             self.rows.use_partition(message.partition)
-            self.rows[key] = message.value
+            self.rows[key] = part.journal[key] = message.value
             if replayed:
                 continue
             out.applied += 1
@@ -291,14 +304,16 @@ class KpiStage:
             self.snapshots.use_partition(partition)
             self.snapshots[_SNAPSHOT + str(partition)] = pickle.dumps(
                 (
-                    _SNAPSHOT_V2,
+                    _SNAPSHOT_V3,
                     part.step.aggregator,
                     part.step.breaches,
                     part.upstream,
                     part.applied.ranges,
+                    tuple(part.journal.items()),
                 ),
                 protocol=pickle.HIGHEST_PROTOCOL,
             )
+            part.journal.clear()
         self.snapshots.use_partition(None)
         self.rows.use_partition(None)
         self._touched.clear()
@@ -307,11 +322,22 @@ class KpiStage:
 _SNAPSHOT_V2 = "applied-ranges"
 """Tags snapshots that record applied offsets as ranges (earlier ones: a prefix + a set)."""
 
+_SNAPSHOT_V3 = "applied-ranges+rows"
+"""Tags snapshots that also carry the rows their batch wrote (``_KpiPartition.journal``)."""
+
 
 def _from_snapshot(
     snapshot: tuple[Any, ...], source: str, new_upstream: Callable[[], WatermarkTracker]
 ) -> _KpiPartition:
     """A partition from its snapshot tuple, in any format this stage has written."""
+    if snapshot[0] == _SNAPSHOT_V3:
+        _, aggregator, breaches, upstream, ranges, rows = snapshot
+        return _KpiPartition(
+            KpiStep(aggregator, breaches),
+            upstream,
+            AppliedOffsets(source, ranges),
+            journal=dict(rows),
+        )
     if snapshot[0] == _SNAPSHOT_V2:
         _, aggregator, breaches, upstream, ranges = snapshot
         return _KpiPartition(

@@ -14,7 +14,7 @@ from streams.core.kpi.aggregator import KpiAggregator
 from streams.core.pipeline import GovernanceProcessor
 from streams.governance import build_pseudonymiser, lineage_config, load_settings
 from streams.runtime.outputs import InputMessage, OutputEncoder, kpi_window_key, lineage_key
-from streams.runtime.staged_store import DictPartitionedStore, StagedMapping
+from streams.runtime.staged_store import DictPartitionedStore, StagedMapping, StagedWrite
 from streams.runtime.stages import KpiStage, LineageStage
 from streams.topics import WorkerTopics
 
@@ -351,6 +351,36 @@ def test_watermarks_and_close_delivered_beyond_a_gap_wait_for_it() -> None:
     # Redelivered after all, the held messages change nothing.
     again = stage.process(log[gap.stop :])
     assert again.closed == 0 and not again.kpis
+
+
+def test_a_new_owner_missing_the_rows_written_after_a_snapshot_counts_each_row_once() -> None:
+    """A rebalance: the old owner wrote its last snapshot, then the batch's rows, one
+    by one, after the partition had been handed over; the new owner restored the
+    changelog before those rows reached it (a live run: 400 ms of row writes). Faust
+    then delivered contributions beyond the commit first, later revisions of rows the
+    new owner did not find: it counted the old revision and the new one (5 extra
+    studies in each of three daily windows). Twice over, as a new owner can lose its
+    partition the same way."""
+    log, reference = _contributions_log()
+    store = DictPartitionedStore()
+
+    def snapshots_only(writes: list[StagedWrite]) -> list[StagedWrite]:
+        kept = [w for w in writes if b"snapshot:" in w[1]]
+        assert 0 < len(kept) < len(writes)
+        return kept
+
+    stage = _kpi_stage(store)
+    first, second = len(log) // 3, 2 * len(log) // 3
+    emitted = stage.process(log[:first]).kpis
+    store.write(snapshots_only(stage.take_writes()))
+    stage = _kpi_stage(store)
+    emitted += stage.process(log[first:second]).kpis  # beyond the commit, first
+    emitted += stage.process(log[:first]).kpis  # then the re-read from the commit
+    store.write(snapshots_only(stage.take_writes()))
+    stage = _kpi_stage(store)
+    emitted += stage.process(log[second:]).kpis
+    emitted += stage.process(log[first:second]).kpis
+    assert _without_revision(_finals(emitted)) == _without_revision(reference)
 
 
 @pytest.mark.parametrize("delivery", ["in log order", "the recomputed run first"])
