@@ -394,7 +394,9 @@ class KpiRunner:
         """Runs one batch of contributions (steps 1-3); acks it at the next checkpoint."""
         async with self._kpi_lock:
             self._kpi_check_assignment()
-            messages = input_messages(events)
+            events, messages = self._kpi_owned(events)
+            if not events:
+                return
             batch = KpiBatch()
             for i in range(0, len(messages), _SLICE):
                 part = self.kpi.process(messages[i : i + _SLICE])
@@ -450,6 +452,28 @@ class KpiRunner:
     def kpi_unacknowledged(self) -> int:
         """Contributions processed but not yet acknowledged (until the next checkpoint)."""
         return sum(len(events) for events, _ in self._kpi_held)
+
+    def _kpi_owned(self, events: Sequence[Any]) -> tuple[list[Any], list[InputMessage]]:
+        """The events (and their messages) of partitions this worker is assigned.
+
+        Faust delivers what it fetched before a rebalance after it too. Applied to
+        state reset for the new assignment, a partition handed over would be
+        snapshotted with only those contributions, over what its new owner writes (a
+        live run did, offsets 626-824 of one). They are neither applied nor
+        acknowledged: the partition's new owner reads them from its committed offset.
+        """
+        owned = self._kpi_assignment or frozenset()
+        kept = [
+            (event, message)
+            for event, message in zip(events, input_messages(events), strict=True)
+            if (message.topic, message.partition) in owned
+        ]
+        if len(kept) < len(events):
+            log.info(
+                "%d contributions of partitions no longer assigned left to their owner",
+                len(events) - len(kept),
+            )
+        return [e for e, _ in kept], [m for _, m in kept]
 
     def _kpi_check_assignment(self) -> None:
         assignment = self._io.assignment()

@@ -49,6 +49,14 @@ deliver, messages the worker never processed, which breaks at-least-once deliver
    has learnt a partition's committed offset, nothing of it is committed; what was
    acknowledged meanwhile counts once it follows the committed offset.
 
+6. aiokafka's ``seek_to_committed`` seeks only a partition whose committed offset is
+   above 0; one with none (or 0) stays at its fetch position. Fix 3 still counts the
+   seek, so what was fetched from the log's start before it is dropped as stale, and
+   nothing fetches it again: a worker taking over a contributions partition nobody
+   had committed yet began at offset 825 and never read offsets 0-824 (thousands of
+   KPI windows missing in the 2-worker backlog test). -> such a partition is sought
+   to offset 0 (the consumer's reset policy, earliest, applies if the log starts later).
+
 Each replaced function keeps Faust's as ``__wrapped__``.
 """
 
@@ -144,6 +152,9 @@ def apply_faust_commit_fixes() -> None:
     async def perform_seek(self: Any) -> None:
         read_offset = self._read_offset
         _committed_offsets = await self.seek_to_committed()
+        for tp, offset in _committed_offsets.items():  # 6.
+            if not offset or offset < 0:
+                await self._seek(tp, 0)
         read_offset.update(
             {
                 tp: offset if offset is not None and offset >= 0 else None

@@ -233,7 +233,7 @@ class Clock:
         return self.now
 
 
-def _contributions(codec: Codec) -> list[Any]:
+def _contributions(codec: Codec, partition: int = 0) -> list[Any]:
     """A batch of contributions as the lineage stage writes them (one partition)."""
     settings = load_settings(demo=True)
     stage = LineageStage(
@@ -248,7 +248,7 @@ def _contributions(codec: Codec) -> list[Any]:
     assert records
     return faust_events(
         [
-            (TOPICS.contributions, 0, offset, None, codec.encode(record))
+            (TOPICS.contributions, partition, offset, None, codec.encode(record))
             for offset, record in enumerate(records)
         ]
     )
@@ -292,6 +292,23 @@ async def test_kpi_batches_are_acknowledged_only_at_the_checkpoint_after_the_sta
     await runner.kpi_tick()
     assert journal.phases()[-3:] == ["state.write", "producer.flush", "ack"]
     assert acked == batch and runner.kpi_unacknowledged == 0 and store.data
+
+
+async def test_kpi_contributions_of_a_partition_handed_over_are_left_to_its_owner() -> None:
+    """Delivered after the rebalance that took their partition away (fetched before it),
+    they are neither applied, snapshotted nor acknowledged."""
+    journal, clock = Journal(), Clock()
+    runner, store = _kpi_runner(journal, clock)  # assigned: contributions partition 0
+    codec = Codec(registry_from_environ({}))
+    acked: list[Any] = []
+    await runner.kpi_batch(_contributions(codec, partition=1), _ack(journal, acked))
+    assert runner.kpi_unacknowledged == 0 and runner.kpi.watermarks() == {}
+    mine = _contributions(codec)
+    await runner.kpi_batch(mine, _ack(journal, acked))
+    clock.now += 5.0
+    await runner.kpi_tick()
+    assert acked == mine
+    assert [key for key in store.data if b"snapshot:" in key] == [b"\x00snapshot:0"]
 
 
 async def test_kpi_values_are_flushed_and_produced_before_the_checkpoint() -> None:

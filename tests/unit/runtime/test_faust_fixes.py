@@ -326,6 +326,21 @@ async def test_a_seek_of_one_partition_leaves_the_records_of_another_alone() -> 
     assert delivered_other == [(other, offset) for offset in range(COMMITTED, END)]
 
 
+async def test_a_partition_with_no_committed_offset_is_read_from_its_start_after_a_seek() -> None:
+    """The seek that ends a rebalance comes while the first batch of a partition nobody
+    has committed is delivered: aiokafka leaves such a partition at its fetch position,
+    so the rest of that batch, dropped as fetched before the seek, must be fetched again
+    from offset 0 (a live worker lost a contributions partition's offsets 0-824)."""
+    kafka = FakeKafka({STREAM: END}, {STREAM: None})
+    consumer = _consumer(True, kafka)
+    consumer._set_active_tps({STREAM})
+    consumer.resume_flow()
+    delivered = await _drain(consumer, kafka, _seek_once(consumer.perform_seek))
+
+    assert sorted(set(delivered)) == list(range(END))
+    assert delivered == sorted(delivered)
+
+
 async def _stale_acks_across_a_rebalance(fixed: bool) -> tuple[Any, int | None]:
     """Acknowledgements of a batch fetched before a rebalance arrive while the
     partition's committed offset is unknown (the revocation forgot it): offsets 20-24,
