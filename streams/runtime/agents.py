@@ -38,7 +38,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Set
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -49,7 +49,14 @@ from streams.runtime.outputs import InputMessage, OutgoingMessage, OutputEncoder
 from streams.runtime.staged_store import PartitionedStore, StagedWrite
 from streams.runtime.stages import KpiBatch, KpiStage, LineageBatch, LineageStage
 
-__all__ = ["KpiRunner", "LineageRunner", "SinkFlusher", "WorkerIO", "input_messages"]
+__all__ = [
+    "KpiRunner",
+    "LineageRunner",
+    "SinkFlusher",
+    "WorkerIO",
+    "input_messages",
+    "owned_events",
+]
 
 log = logging.getLogger("imgov.worker")
 
@@ -57,6 +64,30 @@ _SLICE = 250
 """Records the KPI agent handles between two yields to the event loop: the lineage agent
 shares the loop and is on the latency path (produce -> lineage row in ClickHouse),
 while a batch of contributions can fan out to thousands of KPI values."""
+
+
+def owned_events(
+    events: Sequence[Any], owned: Set[tuple[str, int]]
+) -> tuple[list[Any], list[InputMessage]]:
+    """The events (and their messages) of the partitions in ``owned`` (topic, partition).
+
+    Faust delivers what it fetched before a rebalance after it too. Applied to state
+    reset for the new assignment, a message of a partition handed over changes state
+    its new owner now writes: a live run's KPI stage snapshotted a contributions
+    partition it had lost with only such a batch (offsets 626-824). They are neither
+    applied nor acknowledged; the new owner reads them from the committed offset.
+    """
+    kept = [
+        (event, message)
+        for event, message in zip(events, input_messages(events), strict=True)
+        if (message.topic, message.partition) in owned
+    ]
+    if len(kept) < len(events):
+        log.info(
+            "%d messages of partitions no longer assigned left to their owner",
+            len(events) - len(kept),
+        )
+    return [e for e, _ in kept], [m for _, m in kept]
 
 
 def input_messages(events: Iterable[Any]) -> list[InputMessage]:
@@ -222,7 +253,9 @@ class LineageRunner:
 
     async def _lineage_batch(self, events: Sequence[Any], ack: Callable[[Any], Any]) -> None:
         self._check_assignment()
-        messages = input_messages(events)
+        events, messages = owned_events(events, self._owned)
+        if not events:
+            return
         try:
             batch = self.lineage.process(messages)
             await self._publish(batch)
@@ -394,7 +427,7 @@ class KpiRunner:
         """Runs one batch of contributions (steps 1-3); acks it at the next checkpoint."""
         async with self._kpi_lock:
             self._kpi_check_assignment()
-            events, messages = self._kpi_owned(events)
+            events, messages = owned_events(events, self._kpi_assignment or frozenset())
             if not events:
                 return
             batch = KpiBatch()
@@ -452,28 +485,6 @@ class KpiRunner:
     def kpi_unacknowledged(self) -> int:
         """Contributions processed but not yet acknowledged (until the next checkpoint)."""
         return sum(len(events) for events, _ in self._kpi_held)
-
-    def _kpi_owned(self, events: Sequence[Any]) -> tuple[list[Any], list[InputMessage]]:
-        """The events (and their messages) of partitions this worker is assigned.
-
-        Faust delivers what it fetched before a rebalance after it too. Applied to
-        state reset for the new assignment, a partition handed over would be
-        snapshotted with only those contributions, over what its new owner writes (a
-        live run did, offsets 626-824 of one). They are neither applied nor
-        acknowledged: the partition's new owner reads them from its committed offset.
-        """
-        owned = self._kpi_assignment or frozenset()
-        kept = [
-            (event, message)
-            for event, message in zip(events, input_messages(events), strict=True)
-            if (message.topic, message.partition) in owned
-        ]
-        if len(kept) < len(events):
-            log.info(
-                "%d contributions of partitions no longer assigned left to their owner",
-                len(events) - len(kept),
-            )
-        return [e for e, _ in kept], [m for _, m in kept]
 
     def _kpi_check_assignment(self) -> None:
         assignment = self._io.assignment()

@@ -155,7 +155,9 @@ def _input_batch(codec: Codec) -> list[Any]:
     )
 
 
-def _lineage_runner(journal: Journal) -> tuple[LineageRunner, JournalStore]:
+def _lineage_runner(
+    journal: Journal, owned: int = PARTITIONS
+) -> tuple[LineageRunner, JournalStore]:
     settings = load_settings(demo=True)
     store = JournalStore(journal)
     stage = LineageStage(
@@ -167,7 +169,7 @@ def _lineage_runner(journal: Journal) -> tuple[LineageRunner, JournalStore]:
         lambda: NOW_MS,
         input_topics=TOPICS.inputs,
     )
-    assignment = frozenset((t, p) for t in TOPICS.inputs for p in range(PARTITIONS))
+    assignment = frozenset((t, p) for t in TOPICS.inputs for p in range(owned))
     runner = LineageRunner(
         io=fake_kafka(journal, assignment),
         stage=stage,
@@ -196,6 +198,14 @@ async def test_a_lineage_batch_flushes_produces_writes_state_then_acknowledges()
         "ack",  # 5. only now the offsets
     ]
     assert acked == batch and store.data
+
+
+async def test_input_of_partitions_handed_over_is_left_to_their_owner() -> None:
+    journal = Journal()
+    runner, store = _lineage_runner(journal, owned=0)  # a rebalance took every partition
+    acked: list[Any] = []
+    await runner.lineage_batch(_input_batch(Codec(registry_from_environ({}))), _ack(journal, acked))
+    assert acked == [] and not journal.steps and not store.data
 
 
 CRASHES = [
