@@ -8,6 +8,7 @@ from streams import __version__
 from streams.cli.audit import audit_app
 from streams.cli.db import db_app, query_command
 from streams.cli.demo import demo_command
+from streams.cli.gateway import gateway_command
 from streams.cli.kpi import kpi_app
 from streams.cli.policy import policy_app
 from streams.cli.replay import replay_command
@@ -41,6 +42,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(kpi_app, name="kpi")
 app.add_typer(policy_app, name="policy")
 app.command("subscribe")(subscribe_command)
+app.command("gateway")(gateway_command)
 
 
 def _print_version(value: bool) -> None:
