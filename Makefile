@@ -9,8 +9,9 @@ STAMP  := $(VENV)/.installed
 
 KAFKA      := infra/kafka/kafka.sh
 CLICKHOUSE := infra/clickhouse/clickhouse.sh
+DICOM      := infra/dicom/install.sh
 
-.PHONY: help venv up down status test unit integration lint bench soak demo clean
+.PHONY: help venv dicom-tools up down status test unit integration lint bench soak demo clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -22,6 +23,10 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 venv: $(STAMP) ## Create the virtualenv and install imgov with its dev tools
+
+# DCMTK's storescu is the real DICOM sender of the gateway's tests (apt-get, once; root).
+dicom-tools: ## Install DCMTK (storescu) if it is missing
+	bash $(DICOM) install
 
 up: venv ## Start Kafka and ClickHouse (idempotent)
 	bash $(KAFKA) start
@@ -38,7 +43,7 @@ status: ## Show whether the services run, with their memory
 # The services are stopped even when a test fails, and the target exits with the
 # test result. A service that fails to start fails the run (before any test), and so
 # does an import that breaks the layers (pyproject.toml [tool.importlinter]).
-test: venv ## Install what is missing, start the services, run every test, stop them
+test: venv dicom-tools ## Install what is missing, start the services, run every test, stop them
 	@status=0; \
 	$(MAKE) --no-print-directory up || status=$$?; \
 	if [ $$status -eq 0 ]; then \
