@@ -513,6 +513,12 @@ class KpiRunner:
             await self._kpi_checkpoint()
 
     async def _kpi_checkpoint(self) -> None:
+        if self._io.assignment() != self._kpi_assignment:
+            # Its partitions may be another worker's now, which may already have
+            # restored and moved on: state written now would land after the new
+            # owner's in their changelog. Dropped; the new owner reads the batches.
+            self._kpi_check_assignment()
+            return
         await self._io.write_state(self._kpi_store, self.kpi.take_writes())
         held, self._kpi_held = self._kpi_held, []
         for events, ack in held:

@@ -14,7 +14,7 @@ import asyncio
 import itertools
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -319,6 +319,21 @@ async def test_kpi_contributions_of_a_partition_handed_over_are_left_to_its_owne
     await runner.kpi_tick()
     assert acked == mine
     assert [key for key in store.data if b"snapshot:" in key] == [b"\x00snapshot:0"]
+
+
+async def test_kpi_batches_held_when_the_assignment_changed_are_dropped_not_checkpointed() -> None:
+    """The rebalance completed before the checkpoint that was to hand the state over:
+    writing it now could land after the new owner's own state in the changelog."""
+    journal, clock = Journal(), Clock()
+    runner, store = _kpi_runner(journal, clock)
+    acked: list[Any] = []
+    await runner.kpi_batch(_contributions(Codec(registry_from_environ({}))), _ack(journal, acked))
+    assert runner.kpi_unacknowledged > 0
+    runner._io = replace(runner._io, assignment=lambda: frozenset())
+    runner._rebalancing = lambda: True
+    await runner.kpi_tick()
+    assert runner.kpi_unacknowledged == 0 and acked == []
+    assert "state.write" not in journal.steps and not store.data
 
 
 async def test_kpi_values_are_flushed_and_produced_before_the_checkpoint() -> None:
