@@ -38,7 +38,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence, Set
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -74,8 +74,12 @@ def owned_events(
     Faust delivers what it fetched before a rebalance after it too. Applied to state
     reset for the new assignment, a message of a partition handed over changes state
     its new owner now writes: a live run's KPI stage snapshotted a contributions
-    partition it had lost with only such a batch (offsets 626-824). They are neither
-    applied nor acknowledged; the new owner reads them from the committed offset.
+    partition it had lost with only such a batch (offsets 626-824). One of a partition
+    kept or newly assigned, before the seek to its committed offset that ends the
+    rebalance, comes ahead of the messages before it: another run's KPI stage applied
+    offsets 331-471 of a partition to fresh state, closed windows with their watermark
+    records, and dead-lettered what came before them. Such messages are neither
+    applied nor acknowledged: they are read again from the committed offset.
     """
     kept = [
         (event, message)
@@ -84,7 +88,8 @@ def owned_events(
     ]
     if len(kept) < len(events):
         log.info(
-            "%d messages of partitions no longer assigned left to their owner",
+            "%d messages of partitions not assigned, or not yet sought to their"
+            " committed offset, left to be read again",
             len(events) - len(kept),
         )
     return [e for e, _ in kept], [m for _, m in kept]
@@ -160,6 +165,9 @@ class WorkerIO:
         highwater: the end offset last seen of a ``(topic, partition)``, or None.
         settled: whether the assignment is stable (no rebalance or table recovery
             running, during which the consumer's own pauses must be left alone).
+        unsettled: the topic-partitions assigned and not yet sought to their committed
+            offset since (``faust_fixes`` 5): what they deliver was fetched before.
+        committed: the committed offset per topic-partition, as the consumer knows it.
     """
 
     send: Callable[[OutgoingMessage], Any]
@@ -170,6 +178,8 @@ class WorkerIO:
     resume: Callable[[set[tuple[str, int]]], None] = lambda sources: None
     highwater: Callable[[str, int], int | None] = lambda topic, partition: None
     settled: Callable[[], bool] = lambda: True
+    unsettled: Callable[[], Set[Any]] = frozenset
+    committed: Callable[[], Mapping[Any, int | None]] = dict
 
     async def produce(self, messages: Sequence[OutgoingMessage]) -> None:
         """Produces ``messages`` and waits until the broker has every one of them."""
@@ -253,7 +263,7 @@ class LineageRunner:
 
     async def _lineage_batch(self, events: Sequence[Any], ack: Callable[[Any], Any]) -> None:
         self._check_assignment()
-        events, messages = owned_events(events, self._owned)
+        events, messages = owned_events(events, self._owned - self._io.unsettled())
         if not events:
             return
         try:
@@ -427,9 +437,15 @@ class KpiRunner:
         """Runs one batch of contributions (steps 1-3); acks it at the next checkpoint."""
         async with self._kpi_lock:
             self._kpi_check_assignment()
-            events, messages = owned_events(events, self._kpi_assignment or frozenset())
+            ready = (self._kpi_assignment or frozenset()) - self._io.unsettled()
+            events, messages = owned_events(events, ready)
             if not events:
                 return
+            self.kpi.floors = {
+                tp[1]: offset
+                for tp, offset in self._io.committed().items()
+                if tp[0] == self.kpi.topic and offset is not None and offset >= 0
+            }
             batch = KpiBatch()
             for i in range(0, len(messages), _SLICE):
                 part = self.kpi.process(messages[i : i + _SLICE])

@@ -301,6 +301,8 @@ def build_app(
         resume=lambda sources: set_paused(app.consumer, {TP(*s) for s in sources}, paused=False),
         highwater=highwater,
         settled=lambda: not (app.rebalancing or app.in_recovery),
+        unsettled=lambda: frozenset(app.consumer._unsettled),
+        committed=lambda: dict(app.consumer._committed_offset),
     )
     lineage, kpi = worker.role in ("all", "lineage"), worker.role in ("all", "kpi")
     consumed = (*(topics.inputs if lineage else ()), *((topics.contributions,) if kpi else ()))

@@ -74,12 +74,19 @@ class AppliedOffsets:
         """One past the highest applied offset (None: nothing applied yet)."""
         return self._ends[-1] if self._ends else None
 
-    def missing_below(self, offset: int) -> bool:
-        """Whether an offset between the first one applied and ``offset`` is not applied.
+    def missing_below(self, offset: int, floor: int | None = None) -> bool:
+        """Whether an offset below ``offset`` is not applied: one between the first
+        applied and ``offset``, or, given ``floor``, one from ``floor`` on.
 
         A message that vouches for everything before it in its partition (a watermark
-        record, a close marker) may only take effect when this is False.
+        record, a close marker) may only take effect when this is False. ``floor`` is
+        the partition's committed offset: everything below it was applied by the time
+        it was committed, and everything from it on is delivered again, so a first
+        delivery beyond it is a gap too (without it, the first offset applied is where
+        the partition starts).
         """
+        if floor is not None and offset > floor and (not self._ends or self._starts[0] > floor):
+            return True
         return bool(self._ends) and offset > self._ends[0]
 
     def add(self, offset: int) -> None:

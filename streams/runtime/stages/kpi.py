@@ -131,6 +131,14 @@ class KpiStage:
         self._upstream = upstream_partitions
         self._parts: dict[int, _KpiPartition] = {}
         self._touched: set[int] = set()
+        self.floors: dict[int, int] = {}
+        """Per partition, its committed offset (set by the caller before ``process``):
+        a watermark or close marker also waits for offsets from it on (``held``)."""
+
+    @property
+    def topic(self) -> str:
+        """The contributions topic."""
+        return self._topic
 
     def reset(self) -> None:
         """Forgets loaded partitions; they are reloaded from snapshots (after a rebalance)."""
@@ -179,7 +187,7 @@ class KpiStage:
             if control in (CONTROL_WATERMARK, CONTROL_CLOSE):
                 if replayed:
                     out.redelivered += 1
-                elif part.applied.missing_below(message.offset):
+                elif part.applied.missing_below(message.offset, self.floors.get(message.partition)):
                     # Faust delivered it before contributions it vouches for (a gap):
                     # applied once they are, so that no window closes ahead of them.
                     part.held[message.offset] = message
@@ -222,7 +230,7 @@ class KpiStage:
             part.step.count(old, new, out)
             part.step.take_late(out, _origin(message))
         for partition in sorted(self._touched):
-            self._release_held(self._parts[partition], out)
+            self._release_held(partition, out)
         return out
 
     def _control(self, part: _KpiPartition, message: InputMessage, out: KpiBatch) -> None:
@@ -235,12 +243,13 @@ class KpiStage:
             part.step.take_late(out, _origin(message))
             out.closed += 1
 
-    def _release_held(self, part: _KpiPartition, out: KpiBatch) -> None:
+    def _release_held(self, partition: int, out: KpiBatch) -> None:
         """Applies held control messages, in log order, once no gap is left below them."""
+        part = self._parts[partition]
         for offset in sorted(part.held):
             if offset in part.applied:
                 del part.held[offset]  # applied meanwhile (a redelivery)
-            elif part.applied.missing_below(offset):
+            elif part.applied.missing_below(offset, self.floors.get(partition)):
                 return
             else:
                 self._control(part, part.held.pop(offset), out)

@@ -70,6 +70,21 @@ def test_missing_below_names_a_gap_before_an_offset() -> None:
     assert not applied.missing_below(10)
 
 
+def test_missing_below_a_committed_floor_counts_a_first_delivery_beyond_it_as_a_gap() -> None:
+    applied = AppliedOffsets("t[0]")
+    assert applied.missing_below(7, floor=0)  # nothing applied, yet 0-6 are to come
+    assert not applied.missing_below(0, floor=0)
+    for offset in (331, 332):  # delivered first, beyond offsets from the commit on
+        applied.add(offset)
+    assert applied.missing_below(333, floor=7)
+    assert not applied.missing_below(333)  # without the floor: where it started
+    for offset in range(7, 331):
+        applied.add(offset)
+    assert not applied.missing_below(333, floor=7)
+    assert applied.missing_below(333, floor=3)  # 3-6 are to come too
+    assert not applied.missing_below(333, floor=9)  # committed past the first applied
+
+
 def test_applied_offsets_round_trip_and_refuse_bad_records() -> None:
     applied = AppliedOffsets("t[1]", [(7, 9), (0, 3), (2, 5)])  # overlapping ranges merge
     assert applied.ranges == [(0, 5), (7, 9)]

@@ -321,6 +321,22 @@ async def test_kpi_contributions_of_a_partition_handed_over_are_left_to_its_owne
     assert [key for key in store.data if b"snapshot:" in key] == [b"\x00snapshot:0"]
 
 
+async def test_kpi_contributions_before_the_seek_that_ends_a_rebalance_are_read_again() -> None:
+    """Assigned, but not yet sought to its committed offset: what the partition delivers
+    was fetched before the rebalance and is neither applied nor acknowledged."""
+    journal, clock = Journal(), Clock()
+    runner, _ = _kpi_runner(journal, clock)
+    unsettled = {(TOPICS.contributions, 0)}
+    runner._io = replace(runner._io, unsettled=lambda: frozenset(unsettled))
+    codec = Codec(registry_from_environ({}))
+    acked: list[Any] = []
+    await runner.kpi_batch(_contributions(codec), _ack(journal, acked))
+    assert runner.kpi_unacknowledged == 0 and runner.kpi.watermarks() == {}
+    unsettled.clear()  # perform_seek
+    await runner.kpi_batch(_contributions(codec), _ack(journal, acked))
+    assert runner.kpi_unacknowledged > 0
+
+
 async def test_kpi_batches_held_when_the_assignment_changed_are_dropped_not_checkpointed() -> None:
     """The rebalance completed before the checkpoint that was to hand the state over:
     writing it now could land after the new owner's own state in the changelog."""

@@ -353,6 +353,29 @@ def test_watermarks_and_close_delivered_beyond_a_gap_wait_for_it() -> None:
     assert again.closed == 0 and not again.kpis
 
 
+@pytest.mark.parametrize("floor", [None, 0])
+def test_watermarks_delivered_first_wait_for_the_offsets_from_the_committed_one(
+    floor: int | None,
+) -> None:
+    """A partition's first delivery is beyond its committed offset (0 here: no snapshot
+    yet): its watermark records closed the windows of every contribution before them
+    (17 dead letters in a live run). Told the committed offset, the stage holds them."""
+    log, reference = _contributions_log()
+    stage = _kpi_stage(DictPartitionedStore())
+    if floor is not None:
+        stage.floors = {0: floor}
+    half = len(log) // 2
+    beyond = stage.process(log[half:])
+    filled = stage.process(log[:half])
+    late = beyond.dead_letters + filled.dead_letters
+    emitted = beyond.kpis + filled.kpis
+    if floor is None:  # where the partition starts is not known: the old behaviour
+        assert late
+    else:
+        assert not late and beyond.closed == 0 and filled.closed == 1
+        assert _without_revision(_finals(emitted)) == _without_revision(reference)
+
+
 def test_a_new_owner_missing_the_rows_written_after_a_snapshot_counts_each_row_once() -> None:
     """A rebalance: the old owner wrote its last snapshot, then the batch's rows, one
     by one, after the partition had been handed over; the new owner restored the
