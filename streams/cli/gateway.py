@@ -20,23 +20,15 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Annotated, Protocol
+from typing import TYPE_CHECKING, Annotated, Protocol
 
 import typer
 
-from schemas.codec import Codec
 from schemas.errors import ImgovError
-from schemas.registry import registry_from_environ
-from schemas.validation import EventValidator
-from sinks.base import Sink
-from streams.gateway.delivery import KafkaDelivery
-from streams.gateway.dicom_sr import DicomScp, load_dicom_sr_mapping, start_dicom_scp
-from streams.gateway.fhir import load_fhir_mapping
-from streams.gateway.fhir_http import FhirListener
-from streams.gateway.hl7 import load_hl7_mapping
-from streams.gateway.mllp import MllpListener
 from streams.gateway.settings import GatewaySettings
-from streams.topics import WorkerTopics
+
+if TYPE_CHECKING:
+    from sinks.base import Sink
 
 __all__ = ["gateway_command", "run_gateway"]
 
@@ -67,6 +59,19 @@ async def run_gateway(
         ValueError: the HL7 mapping file is invalid.
         OSError: a listener's port cannot be bound.
     """
+    # The protocol libraries (pydicom, pynetdicom, fhir.resources, aiohttp) take half a
+    # second to import: only this command pays for them, not every imgov command.
+    from schemas.codec import Codec
+    from schemas.registry import registry_from_environ
+    from schemas.validation import EventValidator
+    from streams.gateway.delivery import KafkaDelivery
+    from streams.gateway.dicom_sr import DicomScp, load_dicom_sr_mapping, start_dicom_scp
+    from streams.gateway.fhir import load_fhir_mapping
+    from streams.gateway.fhir_http import FhirListener
+    from streams.gateway.hl7 import load_hl7_mapping
+    from streams.gateway.mllp import MllpListener
+    from streams.topics import WorkerTopics
+
     codec = Codec(registry_from_environ(os.environ))
     rejected: Sink | None = None
     if settings.rejected_to_clickhouse:
@@ -167,6 +172,9 @@ def gateway_command(
     """
     from pydantic import ValidationError
 
+    from streams.gateway.dicom_sr import load_dicom_sr_mapping
+    from streams.gateway.fhir import load_fhir_mapping
+    from streams.gateway.hl7 import load_hl7_mapping
     from streams.runtime.settings import KafkaSettings, load_worker_settings
 
     try:
