@@ -8,7 +8,7 @@
 #            root, or sudo). Idempotent: exits 0 at once when one is present.
 #   path     print the storescu binary that tests use, exit 1 when there is none.
 #
-# `make test` and `make unit` run `install` first (Makefile target `dicom-tools`), so a
+# `make test` runs `install` first (Makefile target `dicom-tools`), so a
 # fresh machine and CI need nothing else; in CI (CI=true) the storescu tests fail rather
 # than skip when it is missing, outside CI they skip with this script's name.
 set -euo pipefail

@@ -56,7 +56,7 @@ async def run_gateway(
 
     Raises:
         ImgovError: Kafka (or ClickHouse, when enabled) cannot be reached on start.
-        ValueError: the HL7 mapping file is invalid.
+        ValueError: a mapping file (HL7, FHIR, DICOM SR) is invalid.
         OSError: a listener's port cannot be bound.
     """
     # The protocol libraries (pydicom, pynetdicom, fhir.resources, aiohttp) take half a
@@ -157,6 +157,26 @@ def gateway_command(
             dir_okay=False,
         ),
     ] = None,
+    fhir_mapping: Annotated[
+        Path | None,
+        typer.Option(
+            "--fhir-mapping",
+            help="FHIR R4 mapping file (TOML, see streams/gateway/fhir.toml); "
+            "default: IMGOV_GATEWAY_FHIR_MAPPING, else the shipped one.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    dicom_sr_mapping: Annotated[
+        Path | None,
+        typer.Option(
+            "--dicom-sr-mapping",
+            help="DICOM SR (TID 1500) mapping file (TOML, see streams/gateway/dicom_sr.toml);"
+            " default: IMGOV_GATEWAY_DICOM_SR_MAPPING, else the shipped one.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
     check: Annotated[
         bool, typer.Option("--check", help="Validate the settings, print them and exit.")
     ] = False,
@@ -179,8 +199,12 @@ def gateway_command(
 
     try:
         settings = GatewaySettings()
-        if hl7_mapping is not None:
-            settings = settings.model_copy(update={"hl7_mapping": hl7_mapping})
+        given = {
+            "hl7_mapping": hl7_mapping,
+            "fhir_mapping": fhir_mapping,
+            "dicom_sr_mapping": dicom_sr_mapping,
+        }
+        settings = settings.model_copy(update={k: v for k, v in given.items() if v is not None})
         namespace = settings.topic_namespace
         if namespace is None:
             namespace = load_worker_settings().topic_namespace

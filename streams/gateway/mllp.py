@@ -9,11 +9,16 @@ same connection and in order. Per frame, :meth:`MllpListener.answer`:
 3. a message it cannot accept is dead-lettered with its original bytes (UNDECODABLE
    when it is no HL7 at all, VALIDATION_FAILED when its content is refused, OVERSIZED
    past ``max_message_bytes``) and answered AR or AE with the reason in ERR;
-4. when Kafka does not confirm the events (or the dead letter) the answer is AE with
+4. when Kafka does not confirm the events (or the dead letter) the answer is AR with
    ERR code 207, "send the message again", and nothing is dead-lettered: the message
-   may be good.
+   may be good. AR is HL7's answer for a refusal unrelated to the content (the
+   receiver not available), the one interface engines resend; AE says the content is
+   wrong, and is not resent unchanged;
+5. a message the mapping fails on (a bug, not the message's fault) is dead-lettered
+   and answered AE 207: it waits in the dead-letter topic for the fixed mapping, and a
+   resend would only add another dead letter.
 
-So every answer is AA (events on Kafka), AR/AE (dead letter on Kafka) or AE 207
+So every answer is AA (events on Kafka), AR/AE (dead letter on Kafka) or AR 207
 (resend); a message left without an answer (the connection broke, the gateway stopped
 past its timeout) is sent again by its sender: nothing is lost. A frame that is not
 MLLP (no start block) is answered AR like any other undecodable message. No input ends
@@ -151,7 +156,10 @@ class MllpListener:
         except Exception as exc:  # a bug in mapping this message must not lose it
             log.exception("%s: the message could not be mapped", source)
             failure = Hl7Refused(
-                APPLICATION_ERROR, "", f"the message could not be mapped ({type(exc).__name__})"
+                APPLICATION_ERROR,
+                "",
+                f"the message could not be mapped ({type(exc).__name__}); it is kept as a"
+                " dead letter, to be processed again once the gateway is fixed",
             )
             return await self._refuse(
                 data, source, message, failure, DeadLetterReason.VALIDATION_FAILED
@@ -365,19 +373,20 @@ def _stub() -> Any:
 def _ack(message: Any, error: Hl7Refused | None) -> bytes:
     """The ACK as bytes; a message whose MSH cannot be answered gets a stub's."""
     if error is not None and error.code == APPLICATION_ERROR:
-        return _error_ack(message, error.reason)
+        return _error_ack(message, error.reason, acknowledgement_code="AE")
     try:
         return acknowledgement(message if message is not None else _stub(), error).encode()
     except Exception:  # an MSH too broken for python-hl7 to build an ACK from
         return acknowledgement(_stub(), error).encode()
 
 
-def _error_ack(message: Any, reason: str) -> bytes:
-    """AE with ERR code 207 (application internal error): the sender should resend."""
+def _error_ack(message: Any, reason: str, acknowledgement_code: str = "AR") -> bytes:
+    """An ACK with ERR code 207 (application internal error): AR, the sender resends
+    (the receiver was not available); AE for a message kept as a dead letter."""
     try:
-        ack = str((message if message is not None else _stub()).create_ack("AE"))
+        ack = str((message if message is not None else _stub()).create_ack(acknowledgement_code))
     except Exception:
-        ack = str(_stub().create_ack("AE"))
+        ack = str(_stub().create_ack(acknowledgement_code))
     text = _stub().escape(reason)
     err = f"ERR|||{APPLICATION_ERROR}^Application internal error^HL70357|E||||{text}"
     return f"{ack.rstrip(chr(13))}\r{err}".encode()

@@ -182,7 +182,7 @@ async def test_when_kafka_does_not_take_the_events_the_sender_is_told_to_resend(
         await listener.stop(10)
         await delivery.close()
     (ack,) = answers(stdout)
-    assert msa(ack)[1] == "AE"
+    assert msa(ack)[1] == "AR"
     err = next(s for s in ack if s.startswith("ERR|")).split("|")
     assert err[3].startswith("207^")
     assert "send the message again" in err[8]

@@ -1,7 +1,7 @@
 """The MLLP listener on real sockets (127.0.0.1, a free port), with the in-memory delivery.
 
 What a sender sees (the ACK on the wire) is checked against what was stored (events or
-dead letters): AA only once the events are delivered, AE when Kafka did not take them,
+dead letters): AA only once the events are delivered, AR 207 (resend) when Kafka did not take them,
 AR/AE plus a dead letter with the original bytes for every message of the bad corpus.
 """
 
@@ -201,7 +201,7 @@ async def test_aa_is_sent_only_once_the_delivery_returned(
     assert len(delivery.delivered) == 1
 
 
-async def test_when_kafka_does_not_take_the_events_the_answer_is_ae_resend(
+async def test_when_kafka_does_not_take_the_events_the_answer_is_ar_resend(
     connect: Connect, delivery: MemoryDelivery
 ) -> None:
     client = await connect()
@@ -210,7 +210,7 @@ async def test_when_kafka_does_not_take_the_events_the_answer_is_ae_resend(
 
     ack = await client.send(data)
 
-    assert msa(ack)[1] == "AE"
+    assert msa(ack)[1] == "AR"  # not about the content: resend
     assert err(ack)[3].startswith("207^")
     assert "send the message again" in err(ack)[8]
     assert delivery.delivered == []
@@ -263,13 +263,13 @@ async def test_a_bad_message_is_refused_and_dead_lettered_with_its_bytes(
     assert "MRN0001" not in "\r".join(ack)
 
 
-async def test_when_the_dead_letter_is_not_stored_the_answer_is_ae_resend(
+async def test_when_the_dead_letter_is_not_stored_the_answer_is_ar_resend(
     connect: Connect, delivery: MemoryDelivery
 ) -> None:
     client = await connect()
     delivery.failure = DeliveryError("broker unreachable")
     ack = await client.send(wire(DATA / "bad" / "not_hl7.txt"))
-    assert msa(ack)[1] == "AE"
+    assert msa(ack)[1] == "AR"
     assert err(ack)[3].startswith("207^")
     assert delivery.dead_letters == []
 
@@ -426,8 +426,8 @@ async def test_a_message_the_mapping_fails_on_is_dead_lettered_and_answered_ae(
     monkeypatch.setattr(mllp, "report_events", broken)
     data = wire(DATA / "good" / "ct_pe_final_v251.hl7")
     ack = (await listener_for(delivery).answer(data, "mllp://127.0.0.1:1")).decode().split("\r")
-    assert msa(ack)[1:3] == ["AE", "G-0001"]
-    assert err(ack)[3].startswith("207^")
+    assert msa(ack)[1:3] == ["AE", "G-0001"]  # kept as a dead letter: not to be resent
+    assert err(ack)[3].startswith("207^") and "kept as a dead letter" in err(ack)[8]
     (letter,) = delivery.dead_letters
     assert (letter.value, letter.reason) == (data, DeadLetterReason.VALIDATION_FAILED)
     assert "IndexError" in letter.message
