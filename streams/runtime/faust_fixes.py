@@ -54,8 +54,11 @@ deliver, messages the worker never processed, which breaks at-least-once deliver
    seek, so what was fetched from the log's start before it is dropped as stale, and
    nothing fetches it again: a worker taking over a contributions partition nobody
    had committed yet began at offset 825 and never read offsets 0-824 (thousands of
-   KPI windows missing in the 2-worker backlog test). -> such a partition is sought
-   to offset 0 (the consumer's reset policy, earliest, applies if the log starts later).
+   KPI windows missing in the 2-worker backlog test). And with no committed offset
+   known, ``_new_offset`` commits any run of acknowledged offsets: in another run the
+   first delivery after the seek was offset 935, and Faust committed 941 over 0-934.
+   -> such a partition is sought to the start of its log, which then counts as its
+   committed offset: nothing is committed until the offsets from there are.
 
 Each replaced function keeps Faust's as ``__wrapped__``.
 """
@@ -151,10 +154,14 @@ def apply_faust_commit_fixes() -> None:
     # 3. Faust's code, plus the lines marked "seek epoch".
     async def perform_seek(self: Any) -> None:
         read_offset = self._read_offset
-        _committed_offsets = await self.seek_to_committed()
-        for tp, offset in _committed_offsets.items():  # 6.
-            if not offset or offset < 0:
-                await self._seek(tp, 0)
+        _committed_offsets = dict(await self.seek_to_committed())
+        unknown = [tp for tp, offset in _committed_offsets.items() if not offset or offset < 0]
+        if unknown:  # 6.
+            earliest = await self.earliest_offsets(*unknown)
+            for tp in unknown:
+                start = max(0, int(earliest.get(tp) or 0))
+                await self._seek(tp, start)
+                _committed_offsets[tp] = start
         read_offset.update(
             {
                 tp: offset if offset is not None and offset >= 0 else None
@@ -162,7 +169,7 @@ def apply_faust_commit_fixes() -> None:
             }
         )
         committed_offsets = {
-            ensure_tp(tp): offset if offset else None
+            ensure_tp(tp): offset if offset or tp in unknown else None  # 6.
             for tp, offset in _committed_offsets.items()
             if offset is not None
         }

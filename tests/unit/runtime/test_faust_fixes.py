@@ -57,6 +57,8 @@ class FakeKafka:
         self.committed = committed
         self.position = {tp: offset or 0 for tp, offset in committed.items()}
         self.fetches = 0
+        self.starts: dict[TP, int] = {}
+        """The first offset of each partition's log (0 unless retention removed some)."""
         self.before_fetch: Callable[[int], Awaitable[None]] = _nothing
         self.after_fetch: Callable[[int], Awaitable[None]] = _nothing
 
@@ -84,6 +86,9 @@ class FakeKafka:
 
     def seek(self, partition: TP, offset: int) -> None:
         self.position[partition] = offset
+
+    async def earliest_offsets(self, *partitions: TP) -> dict[TP, int]:
+        return {tp: self.starts.get(tp, 0) for tp in partitions}
 
     def assignment(self) -> set[TP]:
         return set(self.position)
@@ -339,6 +344,19 @@ async def test_a_partition_with_no_committed_offset_is_read_from_its_start_after
 
     assert sorted(set(delivered)) == list(range(END))
     assert delivered == sorted(delivered)
+
+
+async def test_a_partition_with_no_committed_offset_commits_only_from_its_logs_start() -> None:
+    """Faust commits any run of acknowledged offsets while no committed offset is known:
+    a live worker whose first delivery after the seek was offset 935 committed 941 over
+    offsets 0-934. The log's start now counts as the committed offset."""
+    kafka = FakeKafka({STREAM: END}, {STREAM: None})
+    kafka.starts[STREAM] = 3  # retention removed offsets 0-2
+    consumer = _consumer(True, kafka)
+    await consumer.perform_seek()
+    assert kafka.position[STREAM] == 3 and consumer._committed_offset[STREAM] == 3
+    assert _commits(consumer, [20, 21, 22]) is None  # beyond a gap: nothing
+    assert _commits(consumer, list(range(3, 20))) == 23
 
 
 async def _stale_acks_across_a_rebalance(fixed: bool) -> tuple[Any, int | None]:
