@@ -5,6 +5,7 @@ Examples::
     imgov simulate --out events.jsonl --truth truth.jsonl
     imgov simulate --days 90 --seed 7 --drift-site 2 --drift-day 45 --out drift.jsonl
     imgov simulate --unanswered-channel MOBILE_PUSH --bootstrap 127.0.0.1:19092 --rate 1000
+    imgov simulate --days 2 --native native/ --emit hl7 --emit dicom-sr
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from schemas.events import AlertChannel, Event, EventType
 from schemas.registry import registry_from_environ
 from schemas.units import DAY_MS
 from streams.simulate.config import DriftKind, SimulationConfig
-from streams.simulate.output import OUTPUT_SUFFIXES, write_events, write_truth
+from streams.simulate.output import OUTPUT_SUFFIXES, NativeFormat, write_events, write_truth
 from streams.simulate.overrides import ConfigError, Overrides, build_config, parse_assignments
 from streams.simulate.producer import Encoder, ProduceError, produce_to_kafka
 from streams.simulate.run import SimulationRun, run_simulation
@@ -60,6 +61,26 @@ def simulate(
     ] = None,
     truth: Annotated[
         Path | None, _option("Write the ground truth, one JSON line per study.", _OUTPUT)
+    ] = None,
+    native: Annotated[
+        Path | None,
+        _option(
+            "Write the events as hospital systems send them into DIR, for imgov gateway: "
+            "reports as HL7 v2 ORU^R01 (MLLP frames), alerts as FHIR R4 Communication, "
+            "inferences as DICOM SR (TID 1500).",
+            _OUTPUT,
+            "--native",
+            metavar="DIR",
+        ),
+    ] = None,
+    emit: Annotated[
+        list[NativeFormat] | None,
+        _option(
+            "With --native: only these formats (hl7, fhir, dicom-sr); repeatable.",
+            _OUTPUT,
+            default="all three",
+            metavar="<format>",
+        ),
     ] = None,
     bootstrap: Annotated[
         str | None, _option("Produce to Kafka at HOST:PORT (Confluent-framed Avro).", _OUTPUT)
@@ -196,6 +217,8 @@ def simulate(
         raise typer.BadParameter(str(exc)) from exc
     if out is not None and out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise typer.BadParameter(f"{out}: use FILE.jsonl or FILE.avro", param_hint="--out")
+    if emit and native is None:
+        raise typer.BadParameter("choose the directory with --native", param_hint="--emit")
     if rate is not None and bootstrap is None:
         message = "only producing is throttled; add --bootstrap"
         raise typer.BadParameter(message, param_hint="--rate")
@@ -223,6 +246,11 @@ def simulate(
             write_events(out, events)
         if truth is not None:
             write_truth(truth, run.truths)
+        if native is not None:
+            # highdicom and pydicom take a third of a second to import: only here.
+            from streams.simulate.native import write_native
+
+            write_native(native, events, tuple(emit or NativeFormat))
     except OSError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc

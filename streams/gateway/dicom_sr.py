@@ -38,7 +38,8 @@ understand")::
             content date/time, site, modality)
     0xC002  a result without algorithm identification (TID 4019 name and version)
     0xC003  no result the mapping understands: a finding not in the mapping, a finding
-            with neither an evaluation nor a score, or no finding at all
+            with neither an evaluation, nor a score, nor a failed run status, or no
+            finding at all
     0xC004  a score that is not a number in 0..1 after scaling, or in an unknown unit
     0xC005  an event breaks a contract rule (``schemas.validation``: a time before 2000
             or too far ahead of the gateway's clock, ...)
@@ -62,7 +63,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -148,10 +149,11 @@ class _Fields(BaseModel):
     study_uid: str = "StudyInstanceUID"
     accession_number: str | None = "AccessionNumber"
     patient_id: str | None = "PatientID"
+    body_part: str | None = "BodyPartExamined"
     default_site_id: str = ""
     default_modality: str = ""
 
-    @field_validator("site_id", "study_uid", "accession_number", "patient_id")
+    @field_validator("site_id", "study_uid", "accession_number", "patient_id", "body_part")
     @classmethod
     def _a_keyword(cls, value: str | None) -> str | None:
         if value is not None and tag_for_keyword(value) is None:
@@ -163,8 +165,17 @@ class _Score(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     concepts: tuple[str, ...] = ("122157^DCM",)
+    threshold_concepts: tuple[str, ...] = ()
     units: dict[str, float] = Field(default_factory=lambda: {"1^UCUM": 1.0, "%^UCUM": 0.01})
     default_threshold: float | None = None
+
+
+class _Status(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    concept: str | None = None
+    values: dict[str, InferenceStatus] = Field(default_factory=dict)
+    failure_reason: str | None = None
 
 
 class DicomSrMapping(BaseModel):
@@ -179,6 +190,8 @@ class DicomSrMapping(BaseModel):
     results: dict[str, InferenceResult] = Field(default_factory=dict)
     score: _Score = Field(default_factory=_Score)
     thresholds: dict[str, float] = Field(default_factory=dict)
+    status: _Status = Field(default_factory=_Status)
+    times: dict[str, Literal["started_at", "study_available_at"]] = Field(default_factory=dict)
 
     @field_validator("message")
     @classmethod
@@ -222,6 +235,7 @@ def load_dicom_sr_mapping(path: Path | None = None) -> DicomSrMapping:
 _REPORT = "126000^DCM"  # Imaging Measurement Report (TID 1500 root)
 _IMAGE_LIBRARY = "111028^DCM"
 _MODALITY = "121139^DCM"
+_MANUFACTURER = "113878^DCM"  # Device Manufacturer: the scanner, in the image library
 _FINDING = "121071^DCM"
 _ALGORITHM_NAME = "111001^DCM"
 _ALGORITHM_VERSION = "111003^DCM"
@@ -235,6 +249,11 @@ class _Observation:
     algorithm: tuple[str, str]
     result: InferenceResult | None = None
     score: float | None = None
+    threshold: float | None = None
+    status: InferenceStatus | None = None
+    failure_reason: str | None = None
+    started_at_ms: int | None = None
+    available_at_ms: int | None = None
 
 
 def inference_events(dataset: Dataset, mapping: DicomSrMapping) -> list[InferenceEvent]:
@@ -269,13 +288,14 @@ def _events(dataset: Dataset, mapping: DicomSrMapping) -> list[InferenceEvent]:
     site_id = mapping.sites.get(institution, institution) or fields.default_site_id
     if not site_id:
         raise SrRefused(SrStatus.MISSING_ATTRIBUTE, f"{fields.site_id} is empty")
-    modality = _modality(dataset) or fields.default_modality
+    modality = _library_value(dataset, _MODALITY, "CODE") or fields.default_modality
     if not modality:
         raise SrRefused(SrStatus.MISSING_ATTRIBUTE, "no modality in the image library")
-    completed_at = _content_time_ms(dataset, ZoneInfo(mapping.message.timezone))
+    zone = ZoneInfo(mapping.message.timezone)
+    completed_at = _content_time_ms(dataset, zone)
 
     merged: dict[tuple[str, tuple[str, str]], list[_Observation]] = {}
-    for observation in _observations(dataset, mapping):
+    for observation in _observations(dataset, mapping, zone):
         merged.setdefault((observation.finding_code, observation.algorithm), []).append(observation)
     if not merged:
         raise SrRefused(SrStatus.NO_RESULT, "no finding the mapping knows")
@@ -286,14 +306,28 @@ def _events(dataset: Dataset, mapping: DicomSrMapping) -> list[InferenceEvent]:
         n = per_finding[finding_code]
         scores = [o.score for o in observations if o.score is not None]
         score = max(scores) if scores else None
-        threshold = mapping.threshold(finding_code) if score is not None else None
+        stated = [o.threshold for o in observations if o.threshold is not None]
+        # The operating point the SR states (Threshold Value; of several, the lowest)
+        # wins over the mapping's.
+        threshold = (
+            min(stated)
+            if stated
+            else (mapping.threshold(finding_code) if score is not None else None)
+        )
         results = [o.result for o in observations if o.result is not None]
+        failures = [o for o in observations if o.status not in (None, InferenceStatus.SUCCEEDED)]
+        status, failure_reason = InferenceStatus.SUCCEEDED, None
         if results:
             result = max(results, key=_RANK.__getitem__)
         elif score is not None and threshold is not None:
             result = InferenceResult.POSITIVE if score >= threshold else InferenceResult.NEGATIVE
+        elif failures:  # a run that failed has no result: nothing else was reported
+            status, failure_reason = failures[0].status or status, failures[0].failure_reason
+            result = InferenceResult.NOT_APPLICABLE
         else:
             result = InferenceResult.INDETERMINATE
+        started = [o.started_at_ms for o in observations if o.started_at_ms is not None]
+        available = [o.available_at_ms for o in observations if o.available_at_ms is not None]
         events.append(
             InferenceEvent(
                 event_id=f"dicom-sr:{sop_uid}:{finding_code}" + (f":{n}" if n > 1 else ""),
@@ -303,22 +337,30 @@ def _events(dataset: Dataset, mapping: DicomSrMapping) -> list[InferenceEvent]:
                 accession_number=_optional(dataset, fields.accession_number),
                 patient_id=_optional(dataset, fields.patient_id),
                 modality=modality,
+                body_part=_optional(dataset, fields.body_part),
+                manufacturer=_library_value(dataset, _MANUFACTURER, "TEXT") or None,
                 algorithm_name=name,
                 algorithm_version=version,
                 finding_code=finding_code,
-                status=InferenceStatus.SUCCEEDED,
+                status=status,
+                failure_reason=failure_reason,
                 score=score,
                 threshold=threshold,
                 result=result,
+                study_available_at_ms=min(available) if available else None,
+                started_at_ms=min(started) if started else None,
                 completed_at_ms=completed_at,
             )
         )
     return events
 
 
-def _observations(dataset: Dataset, mapping: DicomSrMapping) -> Iterator[_Observation]:
+def _observations(
+    dataset: Dataset, mapping: DicomSrMapping, zone: ZoneInfo
+) -> Iterator[_Observation]:
     """Every finding result of the content tree, container by container (a measurement
-    group or a qualitative evaluations container), with its algorithm."""
+    group or a qualitative evaluations container), with its algorithm, the operating
+    point and times it states, or the failure of its run."""
     for container, ancestors in _containers(dataset):
         children = list(container.get("ContentSequence") or ())
         group_finding = None
@@ -336,7 +378,12 @@ def _observations(dataset: Dataset, mapping: DicomSrMapping) -> Iterator[_Observ
             finding = mapping.findings.get(_concept(item)) or group_finding
             if result is not None and finding is not None:
                 evaluated.add(finding)
-                yield _Observation(finding, _algorithm(item, container, ancestors), result)
+                yield _Observation(
+                    finding,
+                    _algorithm(item, container, ancestors),
+                    result,
+                    **_context(container, ancestors, mapping, zone),
+                )
         # A score belongs to the group's finding; in a container without one, to the
         # single finding its evaluations name (with several, it is nobody's).
         scored = group_finding or (next(iter(evaluated)) if len(evaluated) == 1 else None)
@@ -346,11 +393,67 @@ def _observations(dataset: Dataset, mapping: DicomSrMapping) -> Iterator[_Observ
             score = _score(item, mapping)
             if scored is not None and score is not None:
                 evaluated.add(scored)
-                yield _Observation(scored, _algorithm(item, container, ancestors), score=score)
+                yield _Observation(
+                    scored,
+                    _algorithm(item, container, ancestors),
+                    score=score,
+                    **_context(container, ancestors, mapping, zone),
+                )
+        failure = _failure(children, mapping)
+        if group_finding is not None and group_finding not in evaluated and failure is not None:
+            evaluated.add(group_finding)
+            yield _Observation(
+                group_finding,
+                _algorithm(container, container, ancestors),
+                status=failure[0],
+                failure_reason=failure[1],
+                **_context(container, ancestors, mapping, zone),
+            )
         if group_finding is not None and group_finding not in evaluated:
             raise SrRefused(
                 SrStatus.NO_RESULT, f"finding {group_finding} has neither an evaluation nor a score"
             )
+
+
+def _failure(
+    children: list[Dataset], mapping: DicomSrMapping
+) -> tuple[InferenceStatus, str | None] | None:
+    """The run status of a container when ``[status]`` names one other than SUCCEEDED,
+    with its failure reason; None otherwise."""
+    config = mapping.status
+    if config.concept is None:
+        return None
+    status = None
+    reason = None
+    for item in children:
+        concept = _concept(item)
+        if item.get("ValueType") == "CODE" and concept == config.concept:
+            status = config.values.get(_code(item.get("ConceptCodeSequence")))
+        elif item.get("ValueType") == "TEXT" and concept == config.failure_reason:
+            reason = str(item.get("TextValue", "")).strip() or None
+    if status is None or status is InferenceStatus.SUCCEEDED:
+        return None
+    return status, reason
+
+
+_TIME_FIELDS = {"started_at": "started_at_ms", "study_available_at": "available_at_ms"}
+
+
+def _context(
+    container: Dataset, ancestors: tuple[Dataset, ...], mapping: DicomSrMapping, zone: ZoneInfo
+) -> dict[str, Any]:
+    """What a container (else the nearest container above it) states about its results:
+    the operating point (``[score] threshold_concepts``) and the ``[times]``."""
+    found: dict[str, Any] = {}
+    for node in (container, *ancestors):
+        for child in node.get("ContentSequence") or ():
+            concept, kind = _concept(child), child.get("ValueType")
+            if kind == "NUM" and concept in mapping.score.threshold_concepts:
+                found.setdefault("threshold", _score(child, mapping))
+            elif kind == "DATETIME" and concept in mapping.times:
+                name = _TIME_FIELDS[mapping.times[concept]]
+                found.setdefault(name, _datetime_ms(str(child.get("DateTime", "")), zone))
+    return found
 
 
 def _containers(dataset: Dataset) -> Iterator[tuple[Dataset, tuple[Dataset, ...]]]:
@@ -406,8 +509,9 @@ def _score(item: Dataset, mapping: DicomSrMapping) -> float | None:
     return score
 
 
-def _modality(dataset: Dataset) -> str:
-    """The first Modality (121139, DCM) code of the image library; '' if none."""
+def _library_value(dataset: Dataset, concept: str, value_type: str) -> str:
+    """The first ``concept`` item of the image library: a CODE's code value or a TEXT's
+    text (Modality 121139, Device Manufacturer 113878); '' if none."""
     stack = [
         child for child in dataset.get("ContentSequence") or () if _concept(child) == _IMAGE_LIBRARY
     ]
@@ -416,9 +520,12 @@ def _modality(dataset: Dataset) -> str:
         depth += 1
         children = [child for node in stack for child in node.get("ContentSequence") or ()]
         for child in children:
-            if child.get("ValueType") == "CODE" and _concept(child) == _MODALITY:
-                code = child.get("ConceptCodeSequence")
-                return str(code[0].get("CodeValue", "")).strip() if code else ""
+            if child.get("ValueType") != value_type or _concept(child) != concept:
+                continue
+            if value_type == "TEXT":
+                return str(child.get("TextValue", "")).strip()
+            code = child.get("ConceptCodeSequence")
+            return str(code[0].get("CodeValue", "")).strip() if code else ""
         stack = children
     return ""
 
@@ -456,14 +563,39 @@ _TM = re.compile(r"^(\d{2})(\d{2})?(\d{2})?(?:\.(\d{1,6}))?$")
 _OFFSET = re.compile(r"^([+-])(\d{2})(\d{2})$")
 
 
+_DT = re.compile(r"^(\d{8})(\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?([+-]\d{4})?$")
+
+
+def _datetime_ms(text: str, zone: ZoneInfo) -> int:
+    """Epoch milliseconds of a DICOM DT (``YYYYMMDD[HH[MM[SS[.F{1,6}]]]][&ZZXX]``).
+
+    Raises:
+        SrRefused: not such a value.
+    """
+    match = _DT.match(text.strip())
+    if match is None:
+        raise SrRefused(SrStatus.MISSING_ATTRIBUTE, "a DATETIME item is not a DICOM DT")
+    date, clock, offset = match.groups()
+    return _moment_ms(date, clock or "00", offset or "", zone)
+
+
 def _content_time_ms(dataset: Dataset, zone: ZoneInfo) -> int:
     """Epoch milliseconds of ContentDate + ContentTime, in TimezoneOffsetFromUTC if set."""
-    date = _DA.match(_required(dataset, "ContentDate"))
-    clock = _TM.match(_required(dataset, "ContentTime"))
+    return _moment_ms(
+        _required(dataset, "ContentDate"),
+        _required(dataset, "ContentTime"),
+        _text(dataset, "TimezoneOffsetFromUTC"),
+        zone,
+    )
+
+
+def _moment_ms(date_text: str, clock_text: str, offset_text: str, zone: ZoneInfo) -> int:
+    """Epoch milliseconds of a DA, a TM and an optional ``+/-HHMM`` offset (else ``zone``)."""
+    date = _DA.match(date_text)
+    clock = _TM.match(clock_text)
     if date is None or clock is None:
         raise SrRefused(SrStatus.MISSING_ATTRIBUTE, "ContentDate/ContentTime not DA/TM")
     tz: tzinfo = zone
-    offset_text = _text(dataset, "TimezoneOffsetFromUTC")
     if offset_text:
         offset = _OFFSET.match(offset_text)
         if offset is None:

@@ -4,8 +4,9 @@ A RIS sends one ORU^R01 per report status change; each OBR group of the message 
 OBR and the OBX segments after it) is one :class:`~schemas.events.ReportEvent`. Which
 field holds what is configuration (:class:`Hl7Mapping`, the shipped ``hl7.toml``
 documents every entry): OBR-25 through a status table, coded OBX observations through
-a code -> finding map and a value -> label map. python-hl7 parses the message and
-resolves escape sequences; this module only maps fields.
+a code -> finding map and a value -> label map (OBX-17, the observation method, through
+a label method map), a time-valued OBX through a code -> report time map. python-hl7
+parses the message and resolves escape sequences; this module only maps fields.
 
 ``report_events`` either returns every event of a message or raises :class:`Hl7Refused`
 with the HL7 error (table 0357 code, location, a reason without identifiers) that the
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import hl7  # type: ignore[import-untyped]
@@ -84,6 +85,7 @@ class _Fields(BaseModel):
     patient_id: str | None = "PID-3.1"
     procedure_code: str | None = "OBR-4.1"
     modality: str | None = "OBR-24.1"
+    body_part: str | None = "OBR-15.4"
     report_id: str = "OBR-3.1"
     parent_report_id: str | None = "OBR-29.2"
     interpreter_id: str | None = "OBR-32.1"
@@ -116,6 +118,10 @@ class Hl7Mapping(BaseModel):
     result_status: dict[str, ReportStatus] = Field(default_factory=dict)
     findings: dict[str, str] = Field(default_factory=dict)
     labels: dict[str, Label] = Field(default_factory=dict)
+    label_methods: dict[str, LabelMethod] = Field(default_factory=dict)
+    observation_times: dict[str, Literal["critical_result_communicated_at"]] = Field(
+        default_factory=dict
+    )
 
     @field_validator("message")
     @classmethod
@@ -173,6 +179,8 @@ def parse_message(data: bytes | str) -> hl7.Message:
 class _Group:
     obr: Any
     observations: tuple[Any, ...]
+    segments: dict[str, Any]
+    """The first of each other segment between this OBR and the next (a ZDS, say)."""
 
 
 def report_events(message: hl7.Message, mapping: Hl7Mapping) -> list[ReportEvent]:
@@ -218,16 +226,19 @@ def _groups(message: hl7.Message) -> list[_Group]:
     groups: list[_Group] = []
     obr: Any = None
     observations: list[Any] = []
+    segments: dict[str, Any] = {}
     for segment in message:
         name = str(segment[0])
         if name == "OBR":
             if obr is not None:
-                groups.append(_Group(obr, tuple(observations)))
-            obr, observations = segment, []
+                groups.append(_Group(obr, tuple(observations), segments))
+            obr, observations, segments = segment, [], {}
         elif name == "OBX" and obr is not None:
             observations.append(segment)
+        elif obr is not None:
+            segments.setdefault(name, segment)
     if obr is not None:
-        groups.append(_Group(obr, tuple(observations)))
+        groups.append(_Group(obr, tuple(observations), segments))
     return groups
 
 
@@ -245,7 +256,11 @@ def _report(
     def get(path: str | None) -> str | None:
         if path is None:
             return None
-        segment = group.obr if path.startswith("OBR-") else _segment(message, path[:3])
+        name = path[:3]
+        # A segment of the report's own group (two reports, two ZDS), else the message's.
+        segment = (
+            group.obr if name == "OBR" else group.segments.get(name) or _segment(message, name)
+        )
         value = None if segment is None else _value(segment, path)
         return value or None
 
@@ -281,6 +296,7 @@ def _report(
             accession_number=get(fields.accession_number),
             patient_id=get(fields.patient_id),
             modality=get(fields.modality),
+            body_part=get(fields.body_part),
             procedure_code=get(fields.procedure_code),
             report_id=required("the report id", fields.report_id),
             parent_report_id=get(fields.parent_report_id),
@@ -293,6 +309,9 @@ def _report(
                 else _epoch_ms(completed, zone, fields.exam_completed_at)
             ),
             findings=_findings(group.observations, mapping),
+            critical_result_communicated_at_ms=_observation_time(
+                group.observations, mapping, zone, "critical_result_communicated_at"
+            ),
         )
     except ValidationError as exc:  # not expected: every field above is typed already
         raise Hl7Refused(Hl7Error.DATA_TYPE, "OBR", f"not a valid report: {exc}") from exc
@@ -301,7 +320,7 @@ def _report(
 def _findings(observations: tuple[Any, ...], mapping: Hl7Mapping) -> tuple[Finding, ...]:
     """Labelled findings of the coded OBX segments the mapping knows; the last one of a
     finding wins (a corrected observation follows the one it corrects)."""
-    found: dict[str, Label] = {}
+    found: dict[str, tuple[Label, LabelMethod]] = {}
     for obx in observations:
         if _value(obx, "OBX-2") not in ("CE", "CWE", "CNE", "ST", "ID"):
             continue  # report text, numbers: not a label
@@ -310,11 +329,37 @@ def _findings(observations: tuple[Any, ...], mapping: Hl7Mapping) -> tuple[Findi
             continue
         label = mapping.labels.get(_coded(obx, 5)) or mapping.labels.get(_extract(obx, 5, 1))
         if label is not None:
-            found[finding] = label
+            # OBX-17 (observation method) says how the label was made; none listed:
+            # structured reporting, the label is the coded value itself.
+            method = mapping.label_methods.get(_coded(obx, 17)) or mapping.label_methods.get(
+                _extract(obx, 17, 1), LabelMethod.STRUCTURED
+            )
+            found[finding] = (label, method)
     return tuple(
-        Finding(finding_code=code, label=label, label_method=LabelMethod.STRUCTURED)
-        for code, label in sorted(found.items())
+        Finding(finding_code=code, label=label, label_method=method)
+        for code, (label, method) in sorted(found.items())
     )
+
+
+def _observation_time(
+    observations: tuple[Any, ...], mapping: Hl7Mapping, zone: ZoneInfo, name: str
+) -> int | None:
+    """The time an OBX of value type TS/DTM listed in ``[observation_times]`` as ``name``
+    carries (the last such OBX wins, as for findings); None without one.
+
+    Raises:
+        Hl7Refused: its value is not an HL7 DTM.
+    """
+    found: int | None = None
+    for n, obx in enumerate(observations, 1):
+        if _value(obx, "OBX-2") not in ("TS", "DTM", "DT"):
+            continue
+        if mapping.observation_times.get(_coded(obx, 3)) != name:
+            continue
+        value = _extract(obx, 5, 1)
+        if value:
+            found = _epoch_ms(value, zone, f"OBX({n})-5")
+    return found
 
 
 def _coded(segment: Any, field: int) -> str:
@@ -358,10 +403,11 @@ def _epoch_ms(text: str, zone: ZoneInfo, path: str) -> int:
         raise Hl7Refused(Hl7Error.DATA_TYPE, path, "not an HL7 date/time (DTM)")
     year, month, day, hour, minute, second, fraction, offset = match.groups()
     tz: Any = zone
-    if offset:
-        sign = -1 if offset[0] == "-" else 1
-        tz = timezone(sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5])))
     try:
+        if offset:
+            sign = -1 if offset[0] == "-" else 1
+            # timezone() raises ValueError for an offset of a day or more (-5900).
+            tz = timezone(sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5])))
         moment = datetime(
             int(year),
             int(month or 1),

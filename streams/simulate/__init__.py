@@ -4,5 +4,7 @@ Pure generation (no clock, no global random state, no I/O): ``config`` (the knob
 ``clinic`` with ``alerts`` and ``reports`` (studies and their events), ``scenarios``
 (drift, scanner change), ``delivery`` (delays, duplicates, losses, delivery order),
 ``run`` (all of it in memory), ``truth`` (ground truth records). I/O at the edges:
-``output`` (files), ``producer`` (Kafka), ``overrides`` and ``cli`` (the command).
+``output`` (files), ``native`` (the messages hospital systems send: HL7 v2, FHIR,
+DICOM SR, for ``imgov gateway``), ``producer`` (Kafka), ``overrides`` and ``cli``
+(the command).
 """

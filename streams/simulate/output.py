@@ -7,13 +7,26 @@ Events go through ``schemas.files``, which owns the formats the replay driver re
 from __future__ import annotations
 
 from collections.abc import Iterable
+from enum import StrEnum
 from pathlib import Path
 
 from schemas import files
 from schemas.events import Event
 from streams.simulate.truth import StudyTruth
 
-__all__ = ["OUTPUT_SUFFIXES", "OutputFormatError", "write_events", "write_truth"]
+__all__ = ["OUTPUT_SUFFIXES", "NativeFormat", "OutputFormatError", "write_events", "write_truth"]
+
+
+class NativeFormat(StrEnum):
+    """What ``--emit`` chooses: the format of one kind of event."""
+
+    HL7 = "hl7"
+    """Reports as HL7 v2 ORU^R01."""
+    FHIR = "fhir"
+    """Alerts as FHIR R4 Communication."""
+    DICOM_SR = "dicom-sr"
+    """Inferences as DICOM SR (TID 1500) Part 10 files."""
+
 
 OUTPUT_SUFFIXES = (".jsonl", ".avro")
 

@@ -43,7 +43,9 @@ from tests.data.dicom_sr.make_samples import write_samples
 
 DATA = Path(__file__).parents[2] / "data" / "dicom_sr"
 SHIPPED = Path(__file__).parents[3] / "streams" / "gateway" / "dicom_sr.toml"
-MAPPING = load_dicom_sr_mapping()
+MAPPING = load_dicom_sr_mapping().model_copy(
+    update={"sites": {"Example General Hospital": "SITE-01"}}  # the samples' institution
+)
 CONTENT_AT_MS = 1_767_612_642_250  # 2026-01-05T11:30:42.250Z: ContentDate/Time, UTC
 
 
@@ -679,3 +681,103 @@ def test_storescu_sees_0xa700_while_kafka_is_down(storescu: str, scp: Scp) -> No
     assert run.returncode != 0
     assert "Received Store Response (Refused: OutOfResources)" in run.stderr
     assert scp.delivery.delivered == [] and scp.delivery.dead_letters == []
+
+
+# -- run status, operating point, times, body part, scanner manufacturer (issue 14: what
+# the clinic simulator's SR emitter sends, streams.simulate.native) -----------------------
+
+
+def simulated_inference(**changes: Any) -> Any:
+    from schemas.events import InferenceEvent
+
+    fields: dict[str, Any] = {
+        "event_id": "6f1c5f0e-0000-4000-8000-000000000001",
+        "occurred_at_ms": CONTENT_AT_MS,
+        "site_id": "site-02",
+        "study_uid": "1.2.826.0.1.3680043.10.2.20260105.7",
+        "accession_number": "A002260105007",
+        "patient_id": "P0021234567",
+        "modality": "CT",
+        "body_part": "HEAD",
+        "manufacturer": "GE MEDICAL SYSTEMS",
+        "algorithm_name": "ich-detect",
+        "algorithm_version": "2.3.1",
+        "finding_code": "ICH",
+        "status": InferenceStatus.SUCCEEDED,
+        "score": 0.55,
+        "threshold": 0.6,
+        "result": InferenceResult.NEGATIVE,
+        "study_available_at_ms": CONTENT_AT_MS - 200_000,
+        "started_at_ms": CONTENT_AT_MS - 150_000,
+        "completed_at_ms": CONTENT_AT_MS,
+    }
+    return InferenceEvent(**{**fields, **changes})
+
+
+def simulated_sr(**changes: Any) -> Dataset:
+    from streams.simulate.native import dicom_sr as emit
+
+    return reread(emit(simulated_inference(**changes)))
+
+
+def reread(dataset: Dataset) -> Dataset:
+    """The dataset as the SCP decodes it from a Part 10 file."""
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return pydicom.dcmread(BytesIO(buffer.getvalue()))
+
+
+def test_times_body_part_and_scanner_manufacturer_are_read() -> None:
+    (event,) = inference_events(simulated_sr(), MAPPING)
+    assert event.body_part == "HEAD"  # the header's BodyPartExamined
+    assert event.manufacturer == "GE MEDICAL SYSTEMS"  # image library: Device Manufacturer
+    assert event.study_available_at_ms == CONTENT_AT_MS - 200_000
+    assert event.started_at_ms == CONTENT_AT_MS - 150_000  # DateTime Started (111526)
+    assert event.completed_at_ms == event.occurred_at_ms == CONTENT_AT_MS
+
+
+def test_the_stated_threshold_value_decides_a_score_without_an_evaluation() -> None:
+    # Without its qualitative evaluation (concept name: the finding, ICH).
+    (event,) = inference_events(remove(simulated_sr(), "1386000^SCT"), MAPPING)
+    # 0.55 is above the mapping's default_threshold (0.5), below the stated 0.6.
+    assert (event.score, event.threshold, event.result) == (0.55, 0.6, InferenceResult.NEGATIVE)
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [
+        (InferenceStatus.FAILED, "SERIES_NOT_FOUND"),
+        (InferenceStatus.TIMED_OUT, "TIMEOUT"),
+        (InferenceStatus.CANCELLED, None),
+    ],
+)
+def test_a_group_whose_run_failed_is_an_inference_of_that_status(
+    status: InferenceStatus, reason: str | None
+) -> None:
+    dataset = simulated_sr(
+        status=status, failure_reason=reason, score=None, result=InferenceResult.NOT_APPLICABLE
+    )
+    (event,) = inference_events(dataset, MAPPING)
+    assert (event.status, event.failure_reason) == (status, reason)
+    assert (event.result, event.score, event.threshold) == (
+        InferenceResult.NOT_APPLICABLE,
+        None,
+        0.6,
+    )
+    assert (event.algorithm_name, event.finding_code) == ("ich-detect", "ICH")
+
+
+def test_without_a_status_concept_a_failed_group_is_still_refused() -> None:
+    dataset = simulated_sr(
+        status=InferenceStatus.FAILED, score=None, result=InferenceResult.NOT_APPLICABLE
+    )
+    mapping = MAPPING.model_copy(update={"status": type(MAPPING.status)()})
+    assert refusal(dataset, mapping).status == SrStatus.NO_RESULT
+
+
+def test_a_datetime_item_that_is_no_dicom_dt_is_refused() -> None:
+    dataset = simulated_sr()
+    started = first(dataset, "111526^DCM")  # DateTime Started
+    with pytest.warns(UserWarning, match="Invalid value for VR DT"):
+        started.DateTime = "2026-01-05T11:00"
+    assert refusal(dataset).status == SrStatus.MISSING_ATTRIBUTE

@@ -116,6 +116,18 @@ def test_each_obr_group_is_one_event_with_its_own_observations() -> None:
     assert second.findings == ()
 
 
+def test_a_report_takes_the_zds_of_its_own_obr_group_else_the_messages() -> None:
+    zds2 = ZDS.replace("10.2.1^", "10.2.2^")
+    first, second = events(message(obr(1, "F", "RPT-1"), ZDS, obr(2, "F", "RPT-2"), zds2))
+    assert (first.study_uid, second.study_uid) == (
+        "1.2.826.0.1.3680043.10.2.1",
+        "1.2.826.0.1.3680043.10.2.2",
+    )
+    # A group without a ZDS of its own takes the message's first (one study, two reports).
+    first, second = events(message(obr(1, "F", "RPT-1"), obr(2, "F", "RPT-2"), zds2))
+    assert first.study_uid == second.study_uid == "1.2.826.0.1.3680043.10.2.2"
+
+
 @pytest.mark.parametrize(
     ("code", "status"),
     [
@@ -228,3 +240,67 @@ def test_a_mapping_with_a_bad_entry_names_it(tmp_path: Path) -> None:
     path.write_text('[result_status]\nF = "DONE"\n')
     with pytest.raises(ValueError, match="result_status"):
         load_hl7_mapping(path)
+
+
+# -- body part, label method, critical result call, amended (issue 14: what the clinic
+# simulator's HL7 emitter sends) ------------------------------------------------------
+
+
+def with_field(segment: str, number: int, value: str) -> str:
+    fields = segment.split("|")
+    fields += [""] * (number + 1 - len(fields))
+    fields[number] = value
+    return "|".join(fields)
+
+
+def test_body_part_is_read_from_the_body_site_of_obr_15() -> None:
+    (event,) = events(message(with_field(obr(), 15, "^^^CHEST&Chest&L"), PE_PRESENT, ZDS))
+    assert event.body_part == "CHEST"
+    (bare,) = events(message(obr(), PE_PRESENT, ZDS))
+    assert bare.body_part is None
+
+
+@pytest.mark.parametrize(
+    ("method", "expected"),
+    [
+        ("NLP^Natural language processing^99IMGOV", LabelMethod.NLP),
+        ("LLM^Large language model^99IMGOV", LabelMethod.LLM),
+        ("MANUAL^Manual^99IMGOV", LabelMethod.MANUAL),
+        ("", LabelMethod.STRUCTURED),  # no observation method: the coded value itself
+        ("OTHER^Something else^L", LabelMethod.STRUCTURED),  # not listed
+    ],
+)
+def test_the_label_method_is_the_observation_method_of_obx_17(
+    method: str, expected: LabelMethod
+) -> None:
+    (event,) = events(message(obr(), with_field(PE_PRESENT, 17, method), ZDS))
+    assert [(f.finding_code, f.label_method) for f in event.findings] == [("PE", expected)]
+
+
+def test_the_critical_result_call_is_the_time_of_a_listed_dtm_observation() -> None:
+    call = "OBX|2|DTM|CRITCOMM^Critical result communicated^99IMGOV||20260105114500.250+0100"
+    (event,) = events(message(obr(), PE_PRESENT, call, ZDS))
+    assert event.critical_result_communicated_at_ms == 1_767_609_900_250  # 10:45:00.250Z
+    # The same code as text, or another code as a time, is not the call.
+    as_text = "OBX|2|ST|CRITCOMM^Critical result communicated^99IMGOV||20260105114500"
+    other = "OBX|2|DTM|OTHER^Another time^99IMGOV||20260105114500"
+    for segment in (as_text, other):
+        (event,) = events(message(obr(), PE_PRESENT, segment, ZDS))
+        assert event.critical_result_communicated_at_ms is None
+
+
+def test_a_critical_result_call_that_is_not_a_time_is_refused() -> None:
+    call = "OBX|2|DTM|CRITCOMM^Critical result communicated^99IMGOV||yesterday"
+    error = refusal(message(obr(), PE_PRESENT, call, ZDS))
+    assert (error.code, error.location) == (Hl7Error.DATA_TYPE, "OBX(2)-5")
+
+
+def test_the_local_code_m_is_an_amended_report() -> None:
+    (event,) = events(message(obr(status="M"), PE_PRESENT, ZDS))
+    assert (event.status, event.hl7_result_status) == (ReportStatus.AMENDED, "M")
+
+
+def test_an_offset_of_a_day_or_more_is_a_data_type_error_not_a_crash() -> None:
+    # Found by the property test above: "-5900" made datetime.timezone raise ValueError.
+    error = refusal(message(with_field(obr(), 22, "2026010511-5900"), PE_PRESENT, ZDS))
+    assert (error.code, error.location) == (Hl7Error.DATA_TYPE, "OBR-22")
