@@ -55,18 +55,16 @@ import logging
 import re
 import threading
 import time
-import tomllib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.uid import (
@@ -83,6 +81,7 @@ from schemas.events import Event, InferenceEvent, InferenceResult, InferenceStat
 from schemas.records import DeadLetter, DeadLetterReason, Header
 from schemas.validation import EventValidator
 from streams.gateway.delivery import Delivery, DeliveryError, provenance_headers
+from streams.gateway.mapping import load_mapping
 
 __all__ = [
     "SR_STORAGE_CLASSES",
@@ -220,15 +219,7 @@ def load_dicom_sr_mapping(path: Path | None = None) -> DicomSrMapping:
     Raises:
         ValueError: the file is not valid TOML or not a valid mapping (names the entry).
     """
-    if path is None:
-        text = resources.files("streams.gateway").joinpath("dicom_sr.toml").read_text()
-        source = "dicom_sr.toml (shipped)"
-    else:
-        text, source = path.read_text(), str(path)
-    try:
-        return DicomSrMapping.model_validate(tomllib.loads(text))
-    except (tomllib.TOMLDecodeError, ValidationError) as exc:
-        raise ValueError(f"DICOM SR mapping {source}: {exc}") from exc
+    return load_mapping(DicomSrMapping, "dicom_sr.toml", path, "DICOM SR")
 
 
 # Concept names (code^scheme) of the content items this module reads.

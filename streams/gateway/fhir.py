@@ -29,11 +29,9 @@ Exceptions::
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -59,6 +57,7 @@ from schemas.events import (
     ReportStatus,
 )
 from schemas.records import DeadLetterReason
+from streams.gateway.mapping import load_mapping
 
 __all__ = [
     "FhirIssue",
@@ -229,15 +228,7 @@ def load_fhir_mapping(path: Path | None = None) -> FhirMapping:
     Raises:
         ValueError: the file is not valid TOML or not a valid mapping (names the entry).
     """
-    if path is None:
-        text = resources.files("streams.gateway").joinpath("fhir.toml").read_text()
-        source = "fhir.toml (shipped)"
-    else:
-        text, source = path.read_text(), str(path)
-    try:
-        return FhirMapping.model_validate(tomllib.loads(text))
-    except (tomllib.TOMLDecodeError, ValidationError) as exc:
-        raise ValueError(f"FHIR mapping {source}: {exc}") from exc
+    return load_mapping(FhirMapping, "fhir.toml", path, "FHIR")
 
 
 # -- parsing ------------------------------------------------------------------------------

@@ -19,10 +19,8 @@ which the pipeline de-duplicates.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -31,6 +29,7 @@ import hl7  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from schemas.events import Finding, Label, LabelMethod, ReportEvent, ReportStatus
+from streams.gateway.mapping import load_mapping
 
 __all__ = [
     "Hl7Error",
@@ -136,15 +135,7 @@ def load_hl7_mapping(path: Path | None = None) -> Hl7Mapping:
     Raises:
         ValueError: the file is not valid TOML or not a valid mapping (names the entry).
     """
-    if path is None:
-        text = resources.files("streams.gateway").joinpath("hl7.toml").read_text()
-        source = "hl7.toml (shipped)"
-    else:
-        text, source = path.read_text(), str(path)
-    try:
-        return Hl7Mapping.model_validate(tomllib.loads(text))
-    except (tomllib.TOMLDecodeError, ValidationError) as exc:
-        raise ValueError(f"HL7 mapping {source}: {exc}") from exc
+    return load_mapping(Hl7Mapping, "hl7.toml", path, "HL7")
 
 
 def parse_message(data: bytes | str) -> hl7.Message:
