@@ -171,7 +171,8 @@ class _Group:
     obr: Any
     observations: tuple[Any, ...]
     segments: dict[str, Any]
-    """The first of each other segment between this OBR and the next (a ZDS, say)."""
+    """The report's own segments: the latest of each before its OBR (its patient's PID,
+    its ORC) and the first Z-segment of each name after it (a ZDS)."""
 
 
 def report_events(message: hl7.Message, mapping: Hl7Mapping) -> list[ReportEvent]:
@@ -217,19 +218,23 @@ def _groups(message: hl7.Message) -> list[_Group]:
     groups: list[_Group] = []
     obr: Any = None
     observations: list[Any] = []
-    segments: dict[str, Any] = {}
+    before: dict[str, Any] = {}  # the latest of each segment so far (PID, ORC, ...)
+    at_obr: dict[str, Any] = {}
+    own: dict[str, Any] = {}
     for segment in message:
         name = str(segment[0])
         if name == "OBR":
             if obr is not None:
-                groups.append(_Group(obr, tuple(observations), segments))
-            obr, observations, segments = segment, [], {}
+                groups.append(_Group(obr, tuple(observations), {**at_obr, **own}))
+            obr, observations, at_obr, own = segment, [], dict(before), {}
         elif name == "OBX" and obr is not None:
             observations.append(segment)
-        elif obr is not None:
-            segments.setdefault(name, segment)
+        elif obr is not None and name.startswith("Z"):
+            own.setdefault(name, segment)  # a site's Z-segment after an OBR is its report's
+        else:
+            before[name] = segment
     if obr is not None:
-        groups.append(_Group(obr, tuple(observations), segments))
+        groups.append(_Group(obr, tuple(observations), {**at_obr, **own}))
     return groups
 
 
@@ -248,7 +253,8 @@ def _report(
         if path is None:
             return None
         name = path[:3]
-        # A segment of the report's own group (two reports, two ZDS), else the message's.
+        # The report's own segment (two patients, two PIDs; two reports, two ZDS), else
+        # the message's first (a ZDS after the last report, for every report).
         segment = (
             group.obr if name == "OBR" else group.segments.get(name) or _segment(message, name)
         )

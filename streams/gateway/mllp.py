@@ -141,7 +141,7 @@ class MllpListener:
     async def answer(self, data: bytes, source: str) -> bytes:
         """The ACK of one MLLP message (without framing), once what it says is stored.
 
-        Never raises for any ``data``: a refusal is an AR/AE answer, an outage an AE.
+        Never raises for any ``data``: a refusal is an AR/AE answer, an outage an AR (resend).
         """
         message: Any = None
         try:

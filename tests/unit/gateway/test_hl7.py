@@ -116,7 +116,7 @@ def test_each_obr_group_is_one_event_with_its_own_observations() -> None:
     assert second.findings == ()
 
 
-def test_a_report_takes_the_zds_of_its_own_obr_group_else_the_messages() -> None:
+def test_a_report_takes_its_own_zds_and_patient_else_the_messages() -> None:
     zds2 = ZDS.replace("10.2.1^", "10.2.2^")
     first, second = events(message(obr(1, "F", "RPT-1"), ZDS, obr(2, "F", "RPT-2"), zds2))
     assert (first.study_uid, second.study_uid) == (
@@ -126,6 +126,10 @@ def test_a_report_takes_the_zds_of_its_own_obr_group_else_the_messages() -> None
     # A group without a ZDS of its own takes the message's first (one study, two reports).
     first, second = events(message(obr(1, "F", "RPT-1"), obr(2, "F", "RPT-2"), zds2))
     assert first.study_uid == second.study_uid == "1.2.826.0.1.3680043.10.2.2"
+    # Two patients in one ORU^R01: each report is its own patient's.
+    second_patient = PID.replace("MRN123", "MRN999")
+    first, second = events(message(obr(1), ZDS, second_patient, obr(2, report="RPT-2"), zds2))
+    assert (first.patient_id, second.patient_id) == ("MRN123", "MRN999")
 
 
 @pytest.mark.parametrize(
