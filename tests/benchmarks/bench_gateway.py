@@ -28,10 +28,8 @@ import gc
 import json
 import os
 import platform
-import socket
 import sys
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,7 +44,11 @@ from schemas.validation import EventValidator  # noqa: E402
 from streams.gateway.delivery import Delivery, KafkaDelivery, MemoryDelivery  # noqa: E402
 from streams.gateway.hl7 import load_hl7_mapping, parse_message, report_events  # noqa: E402
 from streams.gateway.mllp import END_BLOCK, START_BLOCK, MllpListener  # noqa: E402
-from streams.topics import WorkerTopics  # noqa: E402
+from tests.benchmarks.gateway_kafka import (  # noqa: E402
+    kafka_bootstrap,
+    kafka_unreachable,
+    throwaway_topics,
+)
 
 GOOD = sorted((ROOT / "tests" / "data" / "hl7" / "good").iterdir())
 MLLP_SEND = str(Path(sys.executable).parent / "mllp_send")
@@ -113,40 +115,16 @@ async def _mllp_send(port: int, path: Path) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)
 
 
-def _kafka_reachable(bootstrap: str) -> bool:
-    host, _, port = bootstrap.split(",")[0].rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
 async def to_kafka(
     bootstrap: str, codec: Codec, data: list[bytes], connections: int, tmp: Path
 ) -> float:
-    from kafka.admin import KafkaAdminClient
-
-    from streams.runtime.topic_admin import TopicRole, TopicSpec, create_topics
-
-    topics = WorkerTopics.with_namespace(f"bench-gw-{uuid.uuid4().hex[:8]}.")
-    create_topics(
-        bootstrap,
-        [
-            TopicSpec(name=topics.report, role=TopicRole.INPUT, partitions=6, replication_factor=1),
-            TopicSpec(name=topics.dlq, role=TopicRole.DLQ, partitions=1, replication_factor=1),
-        ],
-    )
-    delivery = await KafkaDelivery.connect(bootstrap, codec, topics)
-    try:
-        return await through_mllp(delivery, data, connections, tmp)
-    finally:
-        await delivery.close()
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    """Messages/s over MLLP into ``KafkaDelivery`` on throwaway topics (then deleted)."""
+    with throwaway_topics(bootstrap, "bench-gw-") as topics:
+        delivery = await KafkaDelivery.connect(bootstrap, codec, topics)
         try:
-            admin.delete_topics([topics.report, topics.dlq])
+            return await through_mllp(delivery, data, connections, tmp)
         finally:
-            admin.close()
+            await delivery.close()
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
@@ -169,17 +147,14 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         rates["mllp_memory"] = round(
             asyncio.run(through_mllp(memory, data, args.connections, Path(tmp)))
         )
-        bootstrap = os.environ.get("IMGOV_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
-        if _kafka_reachable(bootstrap):
+        bootstrap = kafka_bootstrap()
+        unreachable = kafka_unreachable(bootstrap, "mllp_kafka")
+        if unreachable is None:
             rates["mllp_kafka"] = round(
                 asyncio.run(to_kafka(bootstrap, codec, data, args.connections, Path(tmp)))
             )
         else:
-            message = f"Kafka is not reachable at {bootstrap}: mllp_kafka skipped (make up)"
-            if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-                raise SystemExit(message)
-            notes.append(message)
-            print(message)
+            notes.append(unreachable)
 
     print(f"{'measure':16} {'messages/s':>11} {'µs/message':>11}")
     for name, rate in rates.items():

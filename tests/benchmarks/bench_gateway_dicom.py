@@ -16,7 +16,12 @@ SOP Instance UID and Study Instance UID. Measured in one run:
   waiting for its response, as DICOM senders do;
 * ``scp_storescu``: the same sent by DCMTK's ``storescu`` processes (skipped with a
   message when storescu is not installed: ``bash infra/dicom/install.sh``);
-* ``scp_storescu_nagle``: storescu as Debian ships it, with Nagle's algorithm on.
+* ``scp_storescu_nagle``: storescu as Debian ships it, with Nagle's algorithm on;
+* ``scp_pynetdicom_kafka``, ``scp_storescu_kafka``: the first two into ``KafkaDelivery``
+  on the real broker (``IMGOV_KAFKA_BOOTSTRAP``, default 127.0.0.1:19092) on fresh
+  topics, deleted afterwards: each C-STORE answered only once Kafka (acks=all)
+  acknowledged its events. Skipped with a message when the broker is unreachable
+  (unless ``CI=true``).
 
 A sender that leaves Nagle's algorithm on (pynetdicom's SCU, DCMTK unless the environment
 says ``TCP_NODELAY=1``) writes a request's command and its data set as two segments and
@@ -43,11 +48,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # run as a plain script
@@ -61,16 +67,23 @@ from pynetdicom import AE, evt  # noqa: E402
 from schemas.codec import Codec  # noqa: E402
 from schemas.file_registry import FileSchemaRegistry  # noqa: E402
 from schemas.validation import EventValidator  # noqa: E402
-from streams.gateway.delivery import MemoryDelivery  # noqa: E402
+from streams.gateway.delivery import Delivery, KafkaDelivery, MemoryDelivery  # noqa: E402
 from streams.gateway.dicom_sr import (  # noqa: E402
     inference_events,
     load_dicom_sr_mapping,
     start_dicom_scp,
 )
+from tests.benchmarks.gateway_kafka import (  # noqa: E402
+    kafka_bootstrap,
+    kafka_unreachable,
+    records_in,
+    throwaway_topics,
+)
 
 DATA = ROOT / "tests" / "data" / "dicom_sr"
 GOOD = ("pe_positive.dcm", "pe_no_score.dcm", "two_findings.dcm")
 NOW_MS = 1_768_000_000_000
+T = TypeVar("T")
 
 
 def instances(count: int) -> list[Dataset]:
@@ -101,48 +114,90 @@ def _best_rate(count: int, run: Callable[[], None], repeat: int) -> float:
     return count / best
 
 
-def through_scp(
-    datasets: list[Dataset], files: list[Path], associations: int, codec: Codec
-) -> dict[str, float]:
-    """Instances/s through the SCP, sent by pynetdicom SCUs and (if present) storescu."""
+@contextmanager
+def _loop_thread() -> Iterator[asyncio.AbstractEventLoop]:
+    """An event loop in its own thread: the SCP's handler threads deliver on it."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    rates: dict[str, float] = {}
     try:
-        delivery = MemoryDelivery(encode=codec.encode)
-        server = start_dicom_scp(load_dicom_sr_mapping(), delivery, loop, host="127.0.0.1", port=0)
-        port = server.server_address[1]
-        try:
-            rates["scp_pynetdicom"] = _timed(
-                len(datasets),
-                [lambda c=c: _scu(port, datasets[c::associations]) for c in range(associations)],
-            )
-            expected = sum(len(inference_events(d, load_dicom_sr_mapping())) for d in datasets)
-            if len(delivery.delivered) != expected:
-                raise SystemExit(f"{len(delivery.delivered)} of {expected} events delivered")
-            storescu = shutil.which("storescu")
-            for n, (name, nodelay) in enumerate(
-                [("scp_storescu", True), ("scp_storescu_nagle", False)], 2
-            ):
-                if storescu is None:
-                    break
-                rates[name] = _timed(
-                    len(files),
-                    [
-                        lambda c=c, d=nodelay: _storescu(storescu, port, files[c::associations], d)
-                        for c in range(associations)
-                    ],
-                )
-                if len(delivery.delivered) != n * expected:
-                    raise SystemExit(f"{name}: not every instance was delivered")
-        finally:
-            server.shutdown()
+        yield loop
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
+
+
+def _on(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run_coroutine_threadsafe(coroutine, loop).result(60)
+
+
+def through_scp(
+    datasets: list[Dataset],
+    files: list[Path],
+    associations: int,
+    delivery: Delivery,
+    loop: asyncio.AbstractEventLoop,
+    delivered: Callable[[], int],
+    *,
+    nagle: bool = True,
+) -> dict[str, float]:
+    """Instances/s through the SCP into ``delivery`` (which belongs to ``loop``), sent by
+    pynetdicom SCUs and (if present) storescu; ``nagle``: also storescu with Nagle on.
+
+    ``delivered`` counts the events ``delivery`` holds: each measure must add them all.
+    """
+    rates: dict[str, float] = {}
+    server = start_dicom_scp(load_dicom_sr_mapping(), delivery, loop, host="127.0.0.1", port=0)
+    port = server.server_address[1]
+    try:
+        rates["scp_pynetdicom"] = _timed(
+            len(datasets),
+            [lambda c=c: _scu(port, datasets[c::associations]) for c in range(associations)],
+        )
+        expected = sum(len(inference_events(d, load_dicom_sr_mapping())) for d in datasets)
+        if delivered() != expected:
+            raise SystemExit(f"{delivered()} of {expected} events delivered")
+        storescu = shutil.which("storescu")
+        senders = [("scp_storescu", True), ("scp_storescu_nagle", False)]
+        for n, (name, nodelay) in enumerate(senders if nagle else senders[:1], 2):
+            if storescu is None:
+                break
+            rates[name] = _timed(
+                len(files),
+                [
+                    lambda c=c, d=nodelay: _storescu(storescu, port, files[c::associations], d)
+                    for c in range(associations)
+                ],
+            )
+            if delivered() != n * expected:
+                raise SystemExit(f"{name}: not every instance was delivered")
+    finally:
+        server.shutdown()
     return rates
+
+
+def to_kafka(
+    bootstrap: str, codec: Codec, datasets: list[Dataset], files: list[Path], associations: int
+) -> dict[str, float]:
+    """``through_scp`` into ``KafkaDelivery`` on throwaway topics, storescu without Nagle."""
+    with throwaway_topics(bootstrap, "bench-gw-dicom-") as topics, _loop_thread() as loop:
+        delivery = _on(loop, KafkaDelivery.connect(bootstrap, codec, topics))
+        try:
+            rates = through_scp(
+                datasets,
+                files,
+                associations,
+                delivery,
+                loop,
+                lambda: records_in(bootstrap, topics.inputs),
+                nagle=False,
+            )
+        finally:
+            _on(loop, delivery.close())
+        if records_in(bootstrap, [topics.dlq]):
+            raise SystemExit("dead letters on Kafka")
+    return {f"{name}_kafka": rate for name, rate in rates.items()}
 
 
 def _timed(count: int, senders: list[Callable[[], None]]) -> float:
@@ -219,22 +274,45 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             path = Path(tmp) / f"sr-{n:06d}.dcm"
             path.write_bytes(data)
             files.append(path)
-        rates.update(through_scp(datasets, files, args.associations, codec))
+        with _loop_thread() as loop:
+            memory = MemoryDelivery(encode=codec.encode)
+            rates.update(
+                through_scp(
+                    datasets,
+                    files,
+                    args.associations,
+                    memory,
+                    loop,
+                    lambda: len(memory.delivered),
+                )
+            )
+        bootstrap = kafka_bootstrap()
+        unreachable = kafka_unreachable(bootstrap, "scp_pynetdicom_kafka, scp_storescu_kafka")
+        if unreachable is None:
+            rates.update(to_kafka(bootstrap, codec, datasets, files, args.associations))
+        else:
+            notes.append(unreachable)
     if "scp_storescu" not in rates:
         notes.append("storescu not installed: scp_storescu skipped (infra/dicom/install.sh)")
         print(notes[-1])
     rates = {name: round(rate) for name, rate in rates.items()}
 
-    print(f"{'measure':16} {'instances/s':>12} {'µs/instance':>12}")
+    print(f"{'measure':22} {'instances/s':>12} {'µs/instance':>12}")
     for name, rate in rates.items():
-        print(f"{name:16} {rate:>12,} {1e6 / rate:>12.1f}")
+        print(f"{name:22} {rate:>12,} {1e6 / rate:>12.1f}")
     ratios = {
         f"{name}/parse_ceiling": round(rates[name] / rates["parse_ceiling"], 3)
-        for name in ("scp_pynetdicom", "scp_storescu", "scp_storescu_nagle")
+        for name in (
+            "scp_pynetdicom",
+            "scp_storescu",
+            "scp_storescu_nagle",
+            "scp_pynetdicom_kafka",
+            "scp_storescu_kafka",
+        )
         if name in rates
     }
     for name, ratio in ratios.items():
-        print(f"{name:30} {ratio:6.3f}")
+        print(f"{name:36} {ratio:6.3f}")
 
     record: dict[str, object] = {
         "bench": "gateway_dicom",

@@ -12,7 +12,12 @@ in one process (one core):
   gateway's own ceiling);
 * ``http``: requests/s of ``fhir_app`` served on 127.0.0.1 with an in-memory delivery,
   posted by an aiohttp client over keep-alive connections (``--concurrency`` in flight);
-  client and server share the one core, so this is a floor of what a server gets.
+  client and server share the one core, so this is a floor of what a server gets;
+* ``http_kafka``: the same into ``KafkaDelivery`` on the real broker
+  (``IMGOV_KAFKA_BOOTSTRAP``, default 127.0.0.1:19092) on fresh topics, deleted
+  afterwards: each request answered only once Kafka (acks=all) acknowledged its events,
+  which are Avro-encoded on the way (the in-memory delivery does not encode). Skipped
+  with a message when the broker is unreachable (unless ``CI=true``).
 
 Each is reported as messages/s for the report and for the transaction. Measures run
 round-robin ``--repeat`` times and the fastest run of each is kept. It prints a table and
@@ -30,7 +35,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -42,9 +47,17 @@ import aiohttp  # noqa: E402
 import orjson  # noqa: E402
 from aiohttp import web  # noqa: E402
 
-from streams.gateway.delivery import MemoryDelivery  # noqa: E402
+from schemas.codec import Codec  # noqa: E402
+from schemas.registry import registry_from_environ  # noqa: E402
+from streams.gateway.delivery import Delivery, KafkaDelivery, MemoryDelivery  # noqa: E402
 from streams.gateway.fhir import load_fhir_mapping, parse_events, parse_resource  # noqa: E402
 from streams.gateway.fhir_http import FHIR_JSON, fhir_app  # noqa: E402
+from tests.benchmarks.gateway_kafka import (  # noqa: E402
+    kafka_bootstrap,
+    kafka_unreachable,
+    records_in,
+    throwaway_topics,
+)
 
 SAMPLES = {
     "report": ("DiagnosticReport", ROOT / "tests/data/fhir/good/diagnostic-report.json"),
@@ -64,9 +77,15 @@ def _best_rates(measures: list[tuple[str, int, Callable[[], None]]], repeat: int
     return {name: round(count / best[name]) for name, count, _ in measures}
 
 
-async def _http_rate(path: str, body: bytes, requests: int, concurrency: int) -> float:
+def _url_path(name: str) -> str:
+    resource_type = SAMPLES[name][0]
+    return f"/{resource_type}" if resource_type else ""
+
+
+async def _http_rate(
+    delivery: Delivery, path: str, body: bytes, requests: int, concurrency: int
+) -> float:
     """Requests/s of ``requests`` POSTs of ``body`` to a freshly served app."""
-    delivery = MemoryDelivery()
     runner = web.AppRunner(fhir_app(load_fhir_mapping(), delivery), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -92,8 +111,40 @@ async def _http_rate(path: str, body: bytes, requests: int, concurrency: int) ->
             elapsed = time.perf_counter() - began
     finally:
         await runner.cleanup()
-    assert delivery.dead_letters == []
     return requests / elapsed
+
+
+async def _memory_rate(path: str, body: bytes, requests: int, concurrency: int) -> float:
+    delivery = MemoryDelivery()
+    rate = await _http_rate(delivery, path, body, requests, concurrency)
+    assert delivery.dead_letters == []
+    return rate
+
+
+async def _kafka_rates(
+    bootstrap: str, bodies: Mapping[str, bytes], events: Mapping[str, int], args: argparse.Namespace
+) -> dict[str, int]:
+    """Best requests/s of each sample into ``KafkaDelivery``, on throwaway topics."""
+    codec = Codec(registry_from_environ(os.environ))
+    rates: dict[str, int] = {}
+    with throwaway_topics(bootstrap, "bench-gw-fhir-") as topics:
+        delivery = await KafkaDelivery.connect(bootstrap, codec, topics)
+        try:
+            for name, body in bodies.items():
+                runs = [
+                    await _http_rate(
+                        delivery, _url_path(name), body, args.requests, args.concurrency
+                    )
+                    for _ in range(args.repeat)
+                ]
+                rates[f"{name}.http_kafka"] = round(max(runs))
+        finally:
+            await delivery.close()
+        expected = args.repeat * args.requests * sum(events.values())
+        stored = records_in(bootstrap, topics.inputs)
+        if stored != expected or records_in(bootstrap, [topics.dlq]):
+            raise SystemExit(f"{stored} of {expected} events on Kafka, or dead letters")
+    return rates
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
@@ -130,16 +181,19 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             (f"{name}.parse_map", n, parse_map),
         ]
     results = _best_rates(measures, args.repeat)
-    for name, (path, _) in SAMPLES.items():
+    for name, body in bodies.items():
         rates = [
-            asyncio.run(
-                _http_rate(
-                    f"/{path}" if path else "", bodies[name], args.requests, args.concurrency
-                )
-            )
+            asyncio.run(_memory_rate(_url_path(name), body, args.requests, args.concurrency))
             for _ in range(args.repeat)
         ]
         results[f"{name}.http"] = round(max(rates))
+    notes: list[str] = []
+    bootstrap = kafka_bootstrap()
+    unreachable = kafka_unreachable(bootstrap, "http_kafka")
+    if unreachable is None:
+        results.update(asyncio.run(_kafka_rates(bootstrap, bodies, events, args)))
+    else:
+        notes.append(unreachable)
 
     print(f"{'measure':28} {'messages/s':>11} {'µs/message':>11}")
     for name, rate in results.items():
@@ -150,6 +204,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             results[f"{name}.parse_map"] / results[f"{name}.json_loads"]
         )
         ratios[f"{name}: http/parse_map"] = results[f"{name}.http"] / results[f"{name}.parse_map"]
+        if f"{name}.http_kafka" in results:
+            ratios[f"{name}: http_kafka/parse_map"] = (
+                results[f"{name}.http_kafka"] / results[f"{name}.parse_map"]
+            )
     for name, ratio in ratios.items():
         print(f"{name:42} {ratio:6.3f}")
 
@@ -166,6 +224,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "events_per_message": events,
         "messages_per_s": results,
         "ratios": {name: round(ratio, 4) for name, ratio in ratios.items()},
+        "notes": notes,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a", encoding="utf-8") as out:
