@@ -363,13 +363,15 @@ def _reference_identifier(
     if target is not None:
         return _identifier(target, rule)
     logical = getattr(reference, "identifier", None)
-    if logical is not None and logical.value:
-        if (
-            rule.types
-            and logical.type is not None
-            and not set(rule.types) & set(_codings(logical.type))
-        ):
-            return None
+    if logical is None or not logical.value:
+        return None
+    # The rule as for a resource's identifiers: its type, else its system, else (when
+    # the rule allows it) any. An untyped placer-order number is no accession number.
+    if (
+        set(rule.types) & set(_codings(logical.type))
+        or logical.system in rule.systems
+        or rule.first
+    ):
         return str(logical.value)
     return None
 

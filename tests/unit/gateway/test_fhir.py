@@ -188,6 +188,18 @@ def test_an_amended_report_relabels_and_keeps_the_report_id() -> None:
     assert event.event_id != events_of("diagnostic-report.json")[0].event_id
 
 
+def test_an_order_reference_gives_the_accession_number_only_when_typed_acsn() -> None:
+    document = edited("diagnostic-report.json")
+    study = document["contained"][0]
+    study["identifier"] = [i for i in study["identifier"] if i.get("system") == "urn:dicom:uid"]
+    acsn = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]}
+    placer = {"identifier": {"value": "PLACER-ORDER-77"}}  # untyped: a placer order number
+    document["basedOn"] = [placer]
+    assert parse_events(orjson.dumps(document), MAPPING)[0].accession_number is None
+    document["basedOn"] = [placer, {"identifier": {"type": acsn, "value": "ACC-7"}}]
+    assert parse_events(orjson.dumps(document), MAPPING)[0].accession_number == "ACC-7"
+
+
 def test_an_addendum_names_its_parent_report() -> None:
     (event,) = events_of("batch-addendum.json")
     assert (event.status, event.parent_report_id) == (ReportStatus.APPENDED, "RPT-1")
