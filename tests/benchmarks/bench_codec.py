@@ -20,14 +20,11 @@ shared machine are noisy: compare ratios measured in the same run.
 from __future__ import annotations
 
 import argparse
-import gc
 import io
 import json
 import os
 import platform
 import sys
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -50,20 +47,9 @@ from schemas.files import (  # noqa: E402
 )
 from schemas.subjects import load_avsc  # noqa: E402
 from schemas.validation import EventValidator  # noqa: E402
+from tests.benchmarks.rates import Measure, best_rates  # noqa: E402
 
 END_MS = 1_760_000_000_000
-
-
-def _best_rates(measures: list[tuple[str, int, Callable[[], None]]], repeat: int) -> dict[str, int]:
-    # Round-robin, so that every measure sees the same share of a noisy shared machine.
-    best = {name: float("inf") for name, _, _ in measures}
-    for _ in range(repeat):
-        for name, _, run in measures:
-            gc.collect()
-            began = time.perf_counter()
-            run()
-            best[name] = min(best[name], time.perf_counter() - began)
-    return {name: round(count / best[name]) for name, count, _ in measures}
 
 
 def _v1_messages(codec: Codec, registry: FileSchemaRegistry, events: list[Event]) -> list[bytes]:
@@ -134,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         for result in read_avro(io.BytesIO(avro_file), validator=validator):
             assert not isinstance(result, RejectedInput)
 
-    measures: list[tuple[str, int, Callable[[], None]]] = [
+    measures: list[Measure] = [
         ("avro_raw", len(framed), avro_raw),
         ("avro_decode_validate", len(framed), avro_decode_validate),
         ("avro_v1_writer", len(v1), avro_v1_writer),
@@ -143,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         ("avro_file_validate", len(events), avro_file_validate),
     ]
     avro_decode_validate()  # warm the read plans and caches
-    results = _best_rates(measures, args.repeat)
+    results = best_rates(measures, args.repeat)
 
     print(f"{'measure':24} {'events/s':>10} {'µs/event':>9}")
     for name, rate in results.items():

@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -58,23 +57,12 @@ from tests.benchmarks.gateway_kafka import (  # noqa: E402
     records_in,
     throwaway_topics,
 )
+from tests.benchmarks.rates import Measure, best_rates  # noqa: E402
 
 SAMPLES = {
     "report": ("DiagnosticReport", ROOT / "tests/data/fhir/good/diagnostic-report.json"),
     "transaction": ("", ROOT / "tests/data/fhir/good/transaction-bundle.json"),
 }
-
-
-def _best_rates(measures: list[tuple[str, int, Callable[[], None]]], repeat: int) -> dict[str, int]:
-    # Round-robin, so that every measure sees the same share of a noisy shared machine.
-    best = {name: float("inf") for name, _, _ in measures}
-    for _ in range(repeat):
-        for name, _, run in measures:
-            gc.collect()
-            began = time.perf_counter()
-            run()
-            best[name] = min(best[name], time.perf_counter() - began)
-    return {name: round(count / best[name]) for name, count, _ in measures}
 
 
 def _url_path(name: str) -> str:
@@ -159,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     mapping = load_fhir_mapping()
     bodies = {name: path.read_bytes() for name, (_, path) in SAMPLES.items()}
     events = {name: len(parse_events(body, mapping)) for name, body in bodies.items()}
-    measures: list[tuple[str, int, Callable[[], None]]] = []
+    measures: list[Measure] = []
     n = args.messages
     for name, body in bodies.items():
 
@@ -180,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             (f"{name}.fhir_validate", n, fhir_validate),
             (f"{name}.parse_map", n, parse_map),
         ]
-    results = _best_rates(measures, args.repeat)
+    results = best_rates(measures, args.repeat)
     for name, body in bodies.items():
         rates = [
             asyncio.run(_memory_rate(_url_path(name), body, args.requests, args.concurrency))

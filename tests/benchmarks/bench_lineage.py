@@ -36,8 +36,6 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -54,21 +52,10 @@ from streams.core.lineage.join import LineageJoiner  # noqa: E402
 from streams.core.lineage.store import InMemoryStudyStore, MappingStudyStore  # noqa: E402
 from streams.simulate.config import SimulationConfig  # noqa: E402
 from streams.simulate.run import run_simulation  # noqa: E402
+from tests.benchmarks.rates import Measure, best_rates  # noqa: E402
 
 FAR_FUTURE_MS = 4_102_444_800_000
 """2100-01-01: the validator's fixed clock, so no simulated event is 'in the future'."""
-
-
-def _best_rates(measures: list[tuple[str, int, Callable[[], None]]], repeat: int) -> dict[str, int]:
-    # Round-robin, so that every measure sees the same share of a noisy shared machine.
-    best = {name: float("inf") for name, _, _ in measures}
-    for _ in range(repeat):
-        for name, _, run in measures:
-            gc.collect()
-            began = time.perf_counter()
-            run()
-            best[name] = min(best[name], time.perf_counter() - began)
-    return {name: round(count / best[name]) for name, count, _ in measures}
 
 
 def lineage_config(simulation: SimulationConfig) -> LineageConfig:
@@ -160,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             for part in chunks:
                 joiner.apply_many(part)
 
-        measures: list[tuple[str, int, Callable[[], None]]] = [
+        measures: list[Measure] = [
             ("parse_validate", len(events), parse_validate),
             ("join_chunked", len(events), join_chunked),
             ("replay", len(events), replay),
@@ -170,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         if not args.no_single:
             measures.append(("join_single", len(events), join_single))
         parse_validate()  # warm caches (file system, validator plans)
-        results = _best_rates(measures, args.repeat)
+        results = best_rates(measures, args.repeat)
         gc.unfreeze()
 
     # State size: every study left open at the end of the run, encoded.
