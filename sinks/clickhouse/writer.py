@@ -94,6 +94,8 @@ class ClickHouseSink:
         self._failures = 0
         self._retry_at = 0.0
         self.rows_written = 0
+        self.rows_written_by_table: dict[str, int] = {}
+        """Rows written so far, per table (the metrics' source)."""
 
     @classmethod
     def from_settings(cls, settings: ClickHouseSettings, **options: Any) -> ClickHouseSink:
@@ -219,6 +221,8 @@ class ClickHouseSink:
             for table, rows in list(self._buffer.pending()):
                 self._backend.insert(table, TABLE_COLUMNS[table], rows)
                 self.rows_written += len(rows)
+                by_table = self.rows_written_by_table
+                by_table[table] = by_table.get(table, 0) + len(rows)
                 self._buffer.clear(table)
         except BackendUnavailableError:
             self._failures += 1

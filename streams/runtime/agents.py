@@ -41,13 +41,16 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sinks.base import Output, SinkBackpressureError, SinkError
 from sinks.clickhouse.writer import ClickHouseSink
 from streams.runtime.outputs import InputMessage, OutgoingMessage, OutputEncoder
 from streams.runtime.staged_store import PartitionedStore, StagedWrite
 from streams.runtime.stages import KpiBatch, KpiStage, LineageBatch, LineageStage
+
+if TYPE_CHECKING:
+    from streams.runtime.telemetry import WorkerTelemetry
 
 __all__ = [
     "KpiRunner",
@@ -123,27 +126,38 @@ def input_messages(events: Iterable[Any]) -> list[InputMessage]:
 class SinkFlusher:
     """Owns one ClickHouse sink and the thread its blocking writes run in."""
 
-    def __init__(self, sink: ClickHouseSink, name: str) -> None:
+    def __init__(
+        self, sink: ClickHouseSink, name: str, telemetry: WorkerTelemetry | None = None
+    ) -> None:
         self.sink = sink
+        self.name = name
+        self._telemetry = telemetry
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sink-{name}")
 
     async def flush(self) -> None:
         """Returns once every added row is written; retries while ClickHouse is down."""
         loop = asyncio.get_running_loop()
         warned = False
+        started = time.perf_counter()
         while True:
             try:
                 await loop.run_in_executor(self._executor, self.sink.flush)
                 if warned:
                     log.warning("ClickHouse is back; %d rows written", self.sink.rows_written)
+                if self._telemetry is not None:
+                    self._telemetry.flushed(self.name, self.sink, time.perf_counter() - started)
                 return
             except SinkBackpressureError as exc:
+                if self._telemetry is not None:
+                    self._telemetry.flush_failed(self.name, "unavailable")
                 if not warned:
                     log.warning("ClickHouse unavailable, holding offsets and retrying: %s", exc)
                     warned = True
                 await asyncio.sleep(min(max(exc.retry_after_s, 0.2), 5.0))
             except SinkError as exc:
                 # A rejected batch (not an outage): keep the rows, retry slowly, stay alive.
+                if self._telemetry is not None:
+                    self._telemetry.flush_failed(self.name, "rejected")
                 log.error("ClickHouse rejected a batch, retrying in 5 s: %s", exc)
                 await asyncio.sleep(5.0)
 
@@ -168,6 +182,7 @@ class WorkerIO:
         unsettled: the topic-partitions assigned and not yet sought to their committed
             offset since (``faust_fixes`` 5): what they deliver was fetched before.
         committed: the committed offset per topic-partition, as the consumer knows it.
+        telemetry: where the runners report their work (metrics), or None.
     """
 
     send: Callable[[OutgoingMessage], Any]
@@ -180,6 +195,7 @@ class WorkerIO:
     settled: Callable[[], bool] = lambda: True
     unsettled: Callable[[], Set[Any]] = frozenset
     committed: Callable[[], Mapping[Any, int | None]] = dict
+    telemetry: WorkerTelemetry | None = None
 
     async def produce(self, messages: Sequence[OutgoingMessage]) -> None:
         """Produces ``messages`` and waits until the broker has every one of them."""
@@ -191,6 +207,8 @@ class WorkerIO:
         await self.flush()
         for future in pending:
             await future  # raises if the broker refused a message
+        if self.telemetry is not None:
+            self.telemetry.produced(messages)
 
     async def write_state(self, store: PartitionedStore, writes: list[StagedWrite]) -> None:
         """Writes state (local store, then changelog) and waits for the changelog."""
@@ -266,6 +284,7 @@ class LineageRunner:
         events, messages = owned_events(events, self._owned - self._io.unsettled())
         if not events:
             return
+        started = time.perf_counter()
         try:
             batch = self.lineage.process(messages)
             await self._publish(batch)
@@ -284,6 +303,8 @@ class LineageRunner:
         for event in events:
             await ack(event)
         self.events_in += len(messages)
+        if self._io.telemetry is not None:
+            self._io.telemetry.batch_done("lineage", time.perf_counter() - started, messages)
         await self._event_time()
 
     async def _publish(self, batch: LineageBatch) -> None:
@@ -294,6 +315,8 @@ class LineageRunner:
         records: list[Output] = [*batch.lineage, *batch.reviews, *batch.dead_letters]
         for record in records:
             sink.add(record)
+        if batch.dead_letters and self._io.telemetry is not None:
+            self._io.telemetry.dead_letters("lineage", (d.reason for d in batch.dead_letters))
         await self._lineage_sink.flush()
         enc = self._io.encoder
         await self._io.produce(
@@ -441,6 +464,7 @@ class KpiRunner:
             events, messages = owned_events(events, ready)
             if not events:
                 return
+            started = time.perf_counter()
             self.kpi.floors = {
                 tp[1]: offset
                 for tp, offset in self._io.committed().items()
@@ -472,6 +496,8 @@ class KpiRunner:
             self._kpi_held.append((events, ack))
             await self._kpi_due()
             self.last_batch_s = self._clock()
+            if self._io.telemetry is not None:
+                self._io.telemetry.batch_done("kpi", time.perf_counter() - started, messages)
 
     async def kpi_tick(self) -> None:
         """Timer: publishes current values and checkpoints when no batch comes to do it."""
@@ -549,6 +575,8 @@ class KpiRunner:
         outputs: list[Output] = [*batch.kpis, *batch.breaches, *batch.dead_letters]
         for record in outputs:
             sink.add(record)
+        if batch.dead_letters and self._io.telemetry is not None:
+            self._io.telemetry.dead_letters("kpi", (d.reason for d in batch.dead_letters))
         await self._kpi_sink.flush()
         messages = self._io.encoder.breaches(batch.breaches)
         messages += self._io.encoder.dead_letters(batch.dead_letters)

@@ -58,6 +58,7 @@ from streams.governance import (
     lineage_config,
     wall_clock_ms,
 )
+from streams.metrics import WorkerMetrics
 from streams.runtime.agents import KpiRunner, LineageRunner, SinkFlusher, WorkerIO
 from streams.runtime.faust_fixes import apply_faust_commit_fixes
 from streams.runtime.faust_store import FaustTableStore
@@ -65,6 +66,7 @@ from streams.runtime.outputs import OutgoingMessage, OutputEncoder
 from streams.runtime.settings import KafkaSettings, WorkerSettings
 from streams.runtime.staged_store import StagedMapping
 from streams.runtime.stages import KpiStage, LineageStage
+from streams.runtime.telemetry import CommitSensor, WorkerTelemetry
 from streams.topics import KPI_AGENT, KPI_TABLE, LINEAGE_AGENT, LINEAGE_TABLE, WorkerTopics
 
 __all__ = ["GroupProgress", "build_app", "set_paused"]
@@ -235,11 +237,13 @@ def build_app(
     governance: GovernanceSettings,
     kafka: KafkaSettings,
     clickhouse: ClickHouseSettings,
+    metrics: WorkerMetrics | None = None,
 ) -> faust.App:
     """Returns the Faust app of ``worker.role`` with its tables, agents and timers.
 
     Nothing runs yet. Role ``all`` has both stages; ``lineage`` and ``kpi`` one each,
-    the KPI one as consumer group ``<app_id>-kpi`` (see ``WorkerSettings.role``).
+    the KPI one as consumer group ``<app_id>-kpi`` (see ``WorkerSettings.role``). The
+    app reports to ``metrics`` (which ``run_worker`` serves) when given.
 
     Raises:
         ConfigurationError: governance settings are invalid (e.g. no pseudonym key).
@@ -292,6 +296,7 @@ def build_app(
             return None
         return None if end is None else int(end)
 
+    telemetry = None if metrics is None else WorkerTelemetry(metrics)
     io = WorkerIO(
         send=send,
         flush=lambda: app.producer.flush(),
@@ -303,6 +308,7 @@ def build_app(
         settled=lambda: not (app.rebalancing or app.in_recovery),
         unsettled=lambda: frozenset(app.consumer._unsettled),
         committed=lambda: dict(app.consumer._committed_offset),
+        telemetry=telemetry,
     )
     lineage, kpi = worker.role in ("all", "lineage"), worker.role in ("all", "kpi")
     consumed = (*(topics.inputs if lineage else ()), *((topics.contributions,) if kpi else ()))
@@ -316,7 +322,34 @@ def build_app(
     async def commit_stalls() -> None:
         await stalls.check()
 
+    if telemetry is not None:
+        _add_telemetry(app, telemetry, consumed)
     return app
+
+
+def _add_telemetry(app: faust.App, telemetry: WorkerTelemetry, consumed: tuple[str, ...]) -> None:
+    """The commit sensor and the timer that samples the gauges (offsets, state)."""
+    app.sensors.add(CommitSensor(telemetry))
+    topics = set(consumed)
+
+    @app.timer(interval=2.0)  # type: ignore[untyped-decorator]
+    async def sample_metrics() -> None:
+        consumer = app.consumer
+        committed = getattr(consumer, "_committed_offset", {})
+        rows = []
+        for tp in sorted(consumer.assignment()):
+            if tp.topic not in topics:
+                continue  # the tables' changelogs: progress of recovery, not of input
+            try:
+                end = consumer.highwater(tp)
+            except (AssertionError, KeyError, AttributeError):
+                end = None
+            rows.append((tp.topic, tp.partition, committed.get(tp), end))
+        telemetry.sample(
+            rows,
+            getattr(app, "imgov_lineage", None),
+            getattr(app, "imgov_kpi", None),
+        )
 
 
 _RAW: dict[str, Any] = {
@@ -332,8 +365,9 @@ def _table(app: faust.App, name: str, partitions: int, **options: Any) -> FaustT
     return FaustTableStore(table)
 
 
-def _new_sink(clickhouse: ClickHouseSettings, name: str) -> SinkFlusher:
-    return SinkFlusher(ClickHouseSink.from_settings(clickhouse, **_SINK_OPTIONS), name)
+def _new_sink(clickhouse: ClickHouseSettings, name: str, io: WorkerIO) -> SinkFlusher:
+    sink = ClickHouseSink.from_settings(clickhouse, **_SINK_OPTIONS)
+    return SinkFlusher(sink, name, io.telemetry)
 
 
 def _add_lineage(
@@ -363,7 +397,7 @@ def _add_lineage(
             topics.inputs,
         ),
         store=store,
-        sink=_new_sink(clickhouse, "lineage"),
+        sink=_new_sink(clickhouse, "lineage", io),
         input_topics=topics.inputs,
         contributions_partitions=worker.partitions,
         source_idle_s=worker.source_idle_s,
@@ -429,7 +463,7 @@ def _add_kpi(
             topic=topics.contributions,
         ),
         store=store,
-        sink=_new_sink(clickhouse, "kpi"),
+        sink=_new_sink(clickhouse, "kpi", io),
         current_interval_s=worker.current_interval_s,
         checkpoint_interval_s=worker.checkpoint_interval_s,
         rebalancing=lambda: bool(app.rebalancing),

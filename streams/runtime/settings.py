@@ -101,6 +101,10 @@ class WorkerSettings(BaseSettings):
         web_enabled: run Faust's web server (bound to ``web_host`` only).
         web_host: the web server's address; only loopback is allowed.
         web_port: the web server's port.
+        metrics_enabled: serve Prometheus metrics (``streams.metrics``) over HTTP.
+        metrics_host: the address the metrics are served on (loopback by default;
+            another address exposes them to that network).
+        metrics_port: their port (0: any free port, logged at start).
         create_topics: create missing topics on start (idempotent).
         log_level: Faust's log level.
     """
@@ -130,6 +134,9 @@ class WorkerSettings(BaseSettings):
     web_enabled: bool = False
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=1, le=65535)
+    metrics_enabled: bool = True
+    metrics_host: str = Field("127.0.0.1", min_length=1)
+    metrics_port: int = Field(9810, ge=0, le=65535)
     create_topics: bool = True
     log_level: Literal["debug", "info", "warn", "warning", "error", "critical"] = "warn"
 
@@ -198,6 +205,9 @@ class _FileWorker(BaseModel):
     web_enabled: bool | None = None
     web_host: str | None = None
     web_port: int | None = None
+    metrics_enabled: bool | None = None
+    metrics_host: str | None = None
+    metrics_port: int | None = None
     create_topics: bool | None = None
     log_level: str | None = None
 

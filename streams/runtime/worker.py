@@ -23,6 +23,7 @@ from streams.governance import (
     load_settings,
     settings_from_mapping,
 )
+from streams.metrics import MetricsServer, WorkerMetrics, serve_metrics
 from streams.runtime.settings import (
     KafkaSettings,
     WorkerConfigError,
@@ -129,21 +130,43 @@ def run_worker(plan: WorkerPlan) -> None:
     from streams.runtime.app import build_app
     from streams.runtime.stop import GracefulStop, ImgovWorker
 
-    if plan.worker.create_topics:
-        ensure_worker_topics(plan)
-    plan.worker.datadir.mkdir(parents=True, exist_ok=True)
-    app = build_app(plan.worker, plan.governance, plan.kafka, plan.clickhouse)
-    level = "warning" if plan.worker.log_level == "warn" else plan.worker.log_level
-    stop = GracefulStop(app, plan.worker, plan.kafka)
-    worker = ImgovWorker(app, stop, loglevel=level, quiet=True)
-    # Faust's start-up spinner sets the root logger to DEBUG (so that every record turns
-    # it) for as long as the worker runs: every debug call of aiokafka and Faust then
-    # builds a record, 7% of the worker's time in the live benchmark.
-    worker.spinner = None
+    metrics = WorkerMetrics() if plan.worker.metrics_enabled else None
+    server = None if metrics is None else _serve(metrics, plan.worker)
     try:
-        worker.execute_from_commandline()
+        if plan.worker.create_topics:
+            ensure_worker_topics(plan)
+        plan.worker.datadir.mkdir(parents=True, exist_ok=True)
+        app = build_app(plan.worker, plan.governance, plan.kafka, plan.clickhouse, metrics)
+        level = "warning" if plan.worker.log_level == "warn" else plan.worker.log_level
+        stop = GracefulStop(app, plan.worker, plan.kafka)
+        worker = ImgovWorker(app, stop, loglevel=level, quiet=True)
+        # Faust's start-up spinner sets the root logger to DEBUG (so that every record
+        # turns it) for as long as the worker runs: every debug call of aiokafka and
+        # Faust then builds a record, 7% of the worker's time in the live benchmark.
+        worker.spinner = None
+        try:
+            worker.execute_from_commandline()
+        finally:
+            stop.finish()
     finally:
-        stop.finish()
+        if server is not None:
+            server.close()
+
+
+def _serve(metrics: WorkerMetrics, worker: WorkerSettings) -> MetricsServer:
+    """Serves the metrics before anything connects, so a taken port stops the start."""
+    host, port = worker.metrics_host, worker.metrics_port
+    try:
+        server = serve_metrics(metrics.registry, host, port)
+    except OSError as exc:
+        raise WorkerError(
+            f"cannot serve metrics on {host}:{port} ({exc}): another process has the port;"
+            " set IMGOV_WORKER_METRICS_PORT (0: any free port) or IMGOV_WORKER_METRICS_ENABLED"
+        ) from exc
+    # Said at warning level so that it shows at the default log level: with port 0,
+    # the operator learns the port here only.
+    log.warning("metrics at http://%s:%d/metrics", host, server.port)
+    return server
 
 
 class WorkerError(ImgovError):

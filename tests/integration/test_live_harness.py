@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -225,6 +226,8 @@ class LiveEnv:
     """The workers' idle close (``wait_until_settled`` waits longer than it)."""
     keep_databases: bool = False
     """Leave the databases for a post-mortem (``opened`` drops them otherwise)."""
+    metrics_ports: dict[str, int] = field(default_factory=dict)
+    """Each worker's metrics port (a free one, kept across its restarts)."""
 
     @property
     def namespace(self) -> str:
@@ -258,8 +261,20 @@ class LiveEnv:
             "IMGOV_WORKER_IDLE_CLOSE_S": str(self.idle_close_s),
             "IMGOV_WORKER_BATCH_SIZE": "500",
             "IMGOV_WORKER_LOG_LEVEL": os.environ.get("IMGOV_TEST_WORKER_LOG_LEVEL", "warn"),
+            "IMGOV_WORKER_METRICS_PORT": str(self.metrics_port(name)),
             **self.extra_env,
         }
+
+    def metrics_port(self, name: str) -> int:
+        """Worker ``name``'s metrics port: free when first asked, then the same."""
+        if name not in self.metrics_ports:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                self.metrics_ports[name] = probe.getsockname()[1]
+        return self.metrics_ports[name]
+
+    def metrics_url(self, name: str = "w1") -> str:
+        return f"http://127.0.0.1:{self.metrics_port(name)}/metrics"
 
     def create_topics(self) -> None:
         """Creates the namespaced topics as the worker would (before producing)."""

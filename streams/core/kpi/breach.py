@@ -326,6 +326,16 @@ class BreachEvaluator:
         self._series: dict[tuple[str, str, str, str, str], _Series] = {}
         self.ignored_values = 0
 
+    def open_breaches(self) -> dict[tuple[Severity, str], int]:
+        """Breaches open now, counted by ``(severity, rule id)``."""
+        rules = {rule.id: rule for rule in self.policy.rules}
+        counts: dict[tuple[Severity, str], int] = {}
+        for (rule_id, *_), series in self._series.items():
+            if series.open_id is not None:
+                key = (rules[rule_id].severity, rule_id)
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
     def apply(self, values: Iterable[KpiValue]) -> list[Breach]:
         """Evaluates KPI values (non-final ones are skipped); returns breaches opened or resolved.
 

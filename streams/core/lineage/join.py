@@ -115,6 +115,11 @@ class LineageJoiner:
         """The state store this joiner owns."""
         return self._store
 
+    @property
+    def studies_held(self) -> int:
+        """Studies in the store (open joins, and tombstones until they expire)."""
+        return len(self._index)
+
     def rebuild_index(self) -> None:
         """Rebuilds the expiry index from the store.
 

@@ -273,6 +273,25 @@ class KpiStage:
                 total[size] = total.get(size, 0) + count
         return total
 
+    def state_size(self) -> dict[str, int]:
+        """Panes, emitted-window entries and series held, over loaded partitions."""
+        total: dict[str, int] = {}
+        for part in self._parts.values():
+            for kind, n in part.aggregator.state_size().items():
+                total[kind] = total.get(kind, 0) + n
+        return total
+
+    def open_breaches(self) -> dict[tuple[str, str], int]:
+        """Breaches open now by ``(severity, rule id)``, over loaded partitions."""
+        total: dict[tuple[str, str], int] = {}
+        for part in self._parts.values():
+            if part.step.breaches is None:
+                continue
+            for (severity, rule), n in part.step.breaches.open_breaches().items():
+                key = (str(severity), rule)
+                total[key] = total.get(key, 0) + n
+        return total
+
     def watermarks(self) -> dict[int, int | None]:
         """The KPI watermark of each loaded contributions partition."""
         return {p: part.upstream.watermark_ms for p, part in sorted(self._parts.items())}

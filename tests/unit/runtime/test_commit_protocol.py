@@ -76,6 +76,7 @@ class JournalSink:
     def __init__(self, journal: Journal) -> None:
         self._journal = journal
         self.rows_written = 0
+        self.rows_written_by_table: dict[str, int] = {}
 
     def add(self, record: Any) -> None:
         self._journal.record("sink.add")

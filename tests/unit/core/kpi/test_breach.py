@@ -547,3 +547,12 @@ def test_a_falling_cusum_watches_specificity() -> None:
         (BreachState.OPEN, START + opening_day * DAY_MS)
     ]
     assert "(-0.03)" in out[0].evidence and out[0].threshold == pytest.approx(chart.h)
+
+
+def test_open_breaches_counts_the_series_open_now_by_severity_and_rule() -> None:
+    evaluator = BreachEvaluator(policy(severity="CRITICAL"))
+    assert evaluator.open_breaches() == {}
+    evaluator.apply([value(0, 0.1), value(0, 0.1, site="S2")])
+    assert evaluator.open_breaches() == {(Severity.CRITICAL, "r"): 2}
+    evaluator.apply([value(1, 0.9)])  # S1 resolves; S2 stays open
+    assert evaluator.open_breaches() == {(Severity.CRITICAL, "r"): 1}
