@@ -29,6 +29,7 @@ from streams.gateway.settings import GatewaySettings
 
 if TYPE_CHECKING:
     from sinks.base import Sink
+    from streams.gateway.delivery import Delivery
 
 __all__ = ["gateway_command", "run_gateway"]
 
@@ -69,8 +70,21 @@ async def run_gateway(
     from streams.gateway.fhir import load_fhir_mapping
     from streams.gateway.fhir_http import FhirListener
     from streams.gateway.hl7 import load_hl7_mapping
+    from streams.gateway.metered import MeteredDelivery
     from streams.gateway.mllp import MllpListener
+    from streams.metrics import GatewayMetrics, serve_metrics
     from streams.topics import WorkerTopics
+
+    topics = WorkerTopics.with_namespace(namespace)
+    metrics = GatewayMetrics() if settings.metrics_enabled else None
+    server = None
+    if metrics is not None:
+        # First, so that a port taken stops the start before anything connects.
+        server = serve_metrics(metrics.registry, settings.metrics_host, settings.metrics_port)
+        log.info("metrics at http://%s:%d/metrics", settings.metrics_host, server.port)
+
+    def metered(protocol: str) -> Delivery:
+        return delivery if metrics is None else MeteredDelivery(delivery, metrics, protocol, topics)
 
     codec = Codec(registry_from_environ(os.environ))
     rejected: Sink | None = None
@@ -81,31 +95,38 @@ async def run_gateway(
         rejected = ClickHouseSink.from_settings(
             ClickHouseSettings(), flush_timeout_s=settings.delivery_timeout_s
         )
-    delivery = await KafkaDelivery.connect(
-        bootstrap,
-        codec,
-        WorkerTopics.with_namespace(namespace),
-        timeout_s=settings.delivery_timeout_s,
-        rejected=rejected,
-    )
+    try:
+        delivery = await KafkaDelivery.connect(
+            bootstrap,
+            codec,
+            topics,
+            timeout_s=settings.delivery_timeout_s,
+            rejected=rejected,
+        )
+    except BaseException:
+        if server is not None:
+            server.close()
+        raise
     listeners: list[tuple[str, _Listener]] = []
     try:
         if settings.mllp_enabled:
             mllp = MllpListener(
-                delivery,
+                metered("hl7"),
                 load_hl7_mapping(settings.hl7_mapping),
                 validator=EventValidator(_wall_clock_ms),
                 max_message_bytes=settings.mllp_max_message_bytes,
+                metrics=metrics,
             )
             await mllp.start(settings.host, settings.mllp_port)
             listeners.append(("HL7 v2 over MLLP", mllp))
             log.info("HL7 v2 over MLLP listening on %s:%d", settings.host, mllp.port)
         if settings.fhir_enabled:
             fhir = FhirListener(
-                delivery,
+                metered("fhir"),
                 load_fhir_mapping(settings.fhir_mapping),
                 validator=EventValidator(_wall_clock_ms),
                 max_body_bytes=settings.fhir_max_body_bytes,
+                metrics=metrics,
             )
             await fhir.start(settings.host, settings.fhir_port)
             listeners.append(("FHIR R4 over HTTP", fhir))
@@ -114,13 +135,14 @@ async def run_gateway(
             dicom = DicomScp(
                 start_dicom_scp(
                     load_dicom_sr_mapping(settings.dicom_sr_mapping),
-                    delivery,
+                    metered("dicom_sr"),
                     asyncio.get_running_loop(),
                     host=settings.host,
                     port=settings.dicom_port,
                     ae_title=settings.dicom_ae_title,
                     timeout_s=settings.delivery_timeout_s,
                     validator=EventValidator(_wall_clock_ms),
+                    metrics=metrics,
                 )
             )
             listeners.append(("DICOM SR over C-STORE", dicom))
@@ -142,6 +164,8 @@ async def run_gateway(
         if not finished:
             log.warning("shutdown timeout: messages still in flight were not answered")
         await delivery.close()
+        if server is not None:
+            server.close()
         log.info("stopped: producer flushed")
     return finished
 

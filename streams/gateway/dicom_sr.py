@@ -82,6 +82,7 @@ from schemas.records import DeadLetter, DeadLetterReason, Header
 from schemas.validation import EventValidator
 from streams.gateway.delivery import Delivery, DeliveryError, provenance_headers
 from streams.gateway.mapping import load_mapping
+from streams.metrics import GatewayMetrics
 
 __all__ = [
     "SR_STORAGE_CLASSES",
@@ -647,10 +648,17 @@ class _StoreHandler:
     clock: Callable[[], int]
     validator: EventValidator | None
     in_flight: _InFlight
+    metrics: GatewayMetrics | None = None
 
     def __call__(self, event: evt.Event) -> Dataset:
-        with self.in_flight.handling(event.assoc):
-            return self._answer(event)
+        started = time.perf_counter()
+        try:
+            with self.in_flight.handling(event.assoc):
+                return self._answer(event)
+        finally:
+            if self.metrics is not None:
+                elapsed = time.perf_counter() - started
+                self.metrics.request_duration.labels("dicom_sr").observe(elapsed)
 
     def _answer(self, event: evt.Event) -> Dataset:
         requestor = event.assoc.requestor
@@ -765,6 +773,7 @@ def start_dicom_scp(
     timeout_s: float = 30.0,
     validator: EventValidator | None = None,
     clock: Callable[[], int] = _wall_clock_ms,
+    metrics: GatewayMetrics | None = None,
 ) -> ThreadedAssociationServer:
     """Starts the C-STORE/C-ECHO SCP on ``host:port`` (0: any free port; the bound one is
     ``server.server_address[1]``) in pynetdicom's threads and returns at once.
@@ -772,7 +781,8 @@ def start_dicom_scp(
     ``loop`` is the running event loop that ``delivery`` belongs to; each C-STORE waits
     at most ``timeout_s`` for it. ``validator`` applies the contract rules to every event
     before delivery (None: the models' type checks only); ``clock`` gives dead letters
-    their ``received_at_ms``. Stop with :meth:`DicomScp.stop` (or ``server.shutdown()``).
+    their ``received_at_ms``; ``metrics`` times each C-STORE (protocol ``dicom_sr``).
+    Stop with :meth:`DicomScp.stop` (or ``server.shutdown()``).
     An association is accepted whatever called AE title it names, as most PACS do.
 
     Raises:
@@ -782,7 +792,9 @@ def start_dicom_scp(
     for sop_class in SR_STORAGE_CLASSES:
         ae.add_supported_context(sop_class, DEFAULT_TRANSFER_SYNTAXES)
     ae.add_supported_context(_VERIFICATION)
-    handler = _StoreHandler(mapping, delivery, loop, timeout_s, clock, validator, _InFlight())
+    handler = _StoreHandler(
+        mapping, delivery, loop, timeout_s, clock, validator, _InFlight(), metrics
+    )
     server = ae.start_server((host, port), block=False, evt_handlers=[(evt.EVT_C_STORE, handler)])
     if server is None:  # pragma: no cover - block=False always returns the server
         raise RuntimeError("pynetdicom returned no server")

@@ -41,6 +41,7 @@ from streams.gateway.fhir import (
     parse_resource,
     resource_events,
 )
+from streams.metrics import GatewayMetrics
 
 __all__ = ["FHIR_JSON", "FhirListener", "capability_statement", "fhir_app"]
 
@@ -137,7 +138,9 @@ class _Listener:
         base: str,
         max_body_bytes: int,
         clock: Callable[[], int],
+        metrics: GatewayMetrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._mapping = mapping
         self._delivery = delivery
         self._validator = validator
@@ -183,9 +186,13 @@ class _Listener:
     async def _handle(self, request: web.Request, accept: tuple[str, ...]) -> web.Response:
         self._in_flight += 1
         self._idle.clear()
+        started = time.perf_counter()
         try:
             return await self._answer(request, accept)
         finally:
+            if self._metrics is not None:
+                elapsed = time.perf_counter() - started
+                self._metrics.request_duration.labels("fhir").observe(elapsed)
             self._in_flight -= 1
             if not self._in_flight:
                 self._idle.set()
@@ -349,6 +356,7 @@ def fhir_app(
     base: str = "/fhir",
     max_body_bytes: int = 4 * 1024 * 1024,
     clock: Callable[[], int] = _wall_ms,
+    metrics: GatewayMetrics | None = None,
 ) -> web.Application:
     """The FHIR listener as an aiohttp application.
 
@@ -365,9 +373,10 @@ def fhir_app(
         max_body_bytes: larger bodies are refused (413); their dead letter keeps the
             first 64 KiB.
         clock: epoch milliseconds, for the dead letters' ``received_at_ms``.
+        metrics: times each POST (protocol ``fhir``), or None.
     """
     base = base.rstrip("/")
-    listener = _Listener(mapping, delivery, validator, base, max_body_bytes, clock)
+    listener = _Listener(mapping, delivery, validator, base, max_body_bytes, clock, metrics)
     app = web.Application(middlewares=[_outcome_errors], client_max_size=max_body_bytes + 1)
     app[_LISTENER] = listener
     app.router.add_get(f"{base}/metadata", listener.metadata)
@@ -395,6 +404,7 @@ class FhirListener:
         base: str = "/fhir",
         max_body_bytes: int = 4 * 1024 * 1024,
         clock: Callable[[], int] = _wall_ms,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self.app = fhir_app(
             mapping,
@@ -403,6 +413,7 @@ class FhirListener:
             base=base,
             max_body_bytes=max_body_bytes,
             clock=clock,
+            metrics=metrics,
         )
         # Handlers are drained by stop() itself; the runner's own wait is only a backstop.
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)

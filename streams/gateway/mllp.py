@@ -54,6 +54,7 @@ from streams.gateway.hl7 import (
     parse_message,
     report_events,
 )
+from streams.metrics import GatewayMetrics
 
 __all__ = ["APPLICATION_ERROR", "MllpListener", "frame", "unframe"]
 
@@ -116,6 +117,7 @@ class MllpListener:
             checks types only (the models do).
         max_message_bytes: a larger frame is refused as OVERSIZED.
         clock: epoch milliseconds, for ``received_at_ms`` of dead letters.
+        metrics: times each answer (protocol ``hl7``), or None.
     """
 
     def __init__(
@@ -126,8 +128,10 @@ class MllpListener:
         validator: EventValidator | None = None,
         max_message_bytes: int = 1 << 20,
         clock: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self._delivery = delivery
+        self._metrics = metrics
         self._mapping = mapping
         self._validator = validator
         self._max_bytes = max_message_bytes
@@ -143,6 +147,15 @@ class MllpListener:
 
         Never raises for any ``data``: a refusal is an AR/AE answer, an outage an AR (resend).
         """
+        started = time.perf_counter()
+        try:
+            return await self._answer(data, source)
+        finally:
+            if self._metrics is not None:
+                elapsed = time.perf_counter() - started
+                self._metrics.request_duration.labels("hl7").observe(elapsed)
+
+    async def _answer(self, data: bytes, source: str) -> bytes:
         message: Any = None
         try:
             message = parse_message(data)

@@ -46,6 +46,9 @@ class GatewaySettings(BaseSettings):
         dicom_ae_title: the SCP's application entity title.
         dicom_sr_mapping: the TID 1500 mapping file; None: the shipped
             ``dicom_sr.toml``.
+        metrics_enabled: serve Prometheus metrics (``streams.metrics``) over HTTP.
+        metrics_host: their address (loopback by default).
+        metrics_port: their port (0: any free port, logged at start).
     """
 
     model_config = SettingsConfigDict(env_prefix="IMGOV_GATEWAY_", extra="ignore")
@@ -71,3 +74,7 @@ class GatewaySettings(BaseSettings):
     dicom_port: int = Field(11112, ge=0, le=65535)
     dicom_ae_title: str = Field("IMGOV", pattern=r"^[ -~]{1,16}$")
     dicom_sr_mapping: Path | None = None
+
+    metrics_enabled: bool = True
+    metrics_host: str = Field("127.0.0.1", min_length=1)
+    metrics_port: int = Field(9811, ge=0, le=65535)
