@@ -10,8 +10,9 @@ STAMP  := $(VENV)/.installed
 KAFKA      := infra/kafka/kafka.sh
 CLICKHOUSE := infra/clickhouse/clickhouse.sh
 DICOM      := infra/dicom/install.sh
+PROMETHEUS := infra/prometheus/prometheus.sh
 
-.PHONY: help venv dicom-tools up down status test unit integration lint bench soak demo clean
+.PHONY: help venv dicom-tools monitoring-tools monitoring-up monitoring-down up down status test unit integration lint bench soak demo clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -28,22 +29,35 @@ venv: $(STAMP) ## Create the virtualenv and install imgov with its dev tools
 dicom-tools: ## Install DCMTK (storescu) if it is missing
 	bash $(DICOM) install
 
-up: venv ## Start Kafka and ClickHouse (idempotent)
+# Debian's prometheus (promtool) and prometheus-alertmanager (apt-get, once; root).
+monitoring-tools: ## Install Prometheus, promtool and Alertmanager if they are missing
+	bash $(PROMETHEUS) install
+
+monitoring-up: ## Start Prometheus and Alertmanager (idempotent)
+	bash $(PROMETHEUS) start
+
+monitoring-down: ## Stop Prometheus and Alertmanager (idempotent)
+	-bash $(PROMETHEUS) stop
+
+up: venv ## Start Kafka, ClickHouse, Prometheus and Alertmanager (idempotent)
 	bash $(KAFKA) start
 	bash $(CLICKHOUSE) start
+	bash $(PROMETHEUS) start
 
-down: ## Stop Kafka and ClickHouse (idempotent)
+down: ## Stop Kafka, ClickHouse, Prometheus and Alertmanager (idempotent)
+	-bash $(PROMETHEUS) stop
 	-bash $(CLICKHOUSE) stop
 	-bash $(KAFKA) stop
 
 status: ## Show whether the services run, with their memory
 	@bash $(KAFKA) status || true
 	@bash $(CLICKHOUSE) status || true
+	@bash $(PROMETHEUS) status || true
 
 # The services are stopped even when a test fails, and the target exits with the
 # test result. A service that fails to start fails the run (before any test), and so
 # does an import that breaks the layers (pyproject.toml [tool.importlinter]).
-test: venv dicom-tools ## Install what is missing, start the services, run every test, stop them
+test: venv dicom-tools monitoring-tools ## Install what is missing, start the services, run every test, stop them
 	@status=0; \
 	$(MAKE) --no-print-directory up || status=$$?; \
 	if [ $$status -eq 0 ]; then \
