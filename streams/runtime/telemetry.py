@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from faust.sensors import Sensor
 
+from schemas.records import DeadLetterReason
 from streams.metrics import WorkerMetrics
 
 if TYPE_CHECKING:
@@ -44,6 +45,11 @@ class WorkerTelemetry:
         self._committed: dict[tuple[str, int], int] = {}
         self._last_commit_s: dict[tuple[str, int], float] = {}
         self._rows_counted: dict[tuple[str, str], int] = {}
+        # Every (stage, reason) series exists from the start, at 0: ``increase()`` of a
+        # series born with its first dead letter misses that first burst.
+        for reason in DeadLetterReason:
+            late = reason is DeadLetterReason.LATE_AFTER_WINDOW_CLOSED
+            metrics.dead_letters.labels("kpi" if late else "lineage", reason.value)
 
     # -- per batch (event loop) ------------------------------------------------------
 

@@ -99,7 +99,7 @@ def simulate_clinic(events_file: Path, native: Path) -> None:
 def send_through_gateway(env: LiveEnv, native: Path, log: Path) -> dict[str, int]:
     """Runs ``imgov gateway`` into ``env``'s namespace and sends every native message
     with the real clients; returns how many messages of each kind were accepted."""
-    mllp, fhir, dicom = free_port(), free_port(), free_port()
+    mllp, fhir, dicom, metrics = free_port(), free_port(), free_port(), free_port()
     gateway_env = {
         **os.environ,
         "IMGOV_KAFKA_BOOTSTRAP": env.bootstrap,
@@ -107,6 +107,7 @@ def send_through_gateway(env: LiveEnv, native: Path, log: Path) -> dict[str, int
         "IMGOV_GATEWAY_MLLP_PORT": str(mllp),
         "IMGOV_GATEWAY_FHIR_PORT": str(fhir),
         "IMGOV_GATEWAY_DICOM_PORT": str(dicom),
+        "IMGOV_GATEWAY_METRICS_PORT": str(metrics),
     }
     with log.open("wb") as err:
         process = subprocess.Popen(
@@ -126,6 +127,7 @@ def send_through_gateway(env: LiveEnv, native: Path, log: Path) -> dict[str, int
                     ),
                 }
                 accepted = {kind: sent.result() for kind, sent in sends.items()}
+            assert_counted(metrics, accepted)
             process.send_signal(signal.SIGTERM)
             assert process.wait(60) == 0, log.read_text()
         finally:
@@ -133,6 +135,25 @@ def send_through_gateway(env: LiveEnv, native: Path, log: Path) -> dict[str, int
                 process.kill()
                 process.wait()
     return accepted
+
+
+def assert_counted(port: int, accepted: dict[str, int]) -> None:
+    """The gateway's metrics count what the real clients saw accepted, per protocol."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    counted = {
+        sample.labels["protocol"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "imgov_gateway_messages_total" and sample.labels["outcome"] == "accepted"
+    }
+    assert counted == {
+        "hl7": accepted["hl7"],
+        "fhir": accepted["fhir"],
+        "dicom_sr": accepted["dicom-sr"],
+    }
 
 
 def timed(what: str, started: float) -> float:

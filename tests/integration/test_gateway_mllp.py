@@ -218,6 +218,7 @@ def test_imgov_gateway_serves_mllp_and_stops_cleanly_on_sigterm(
         "IMGOV_GATEWAY_MLLP_PORT": str(port),
         "IMGOV_GATEWAY_FHIR_ENABLED": "false",
         "IMGOV_GATEWAY_DICOM_ENABLED": "false",
+        "IMGOV_GATEWAY_METRICS_PORT": "0",
     }
     log = tmp_path / "gateway.log"
     with log.open("wb") as err:
