@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from streams import __version__
+from streams.cli.alerts import alerts_command
 from streams.cli.audit import audit_app
 from streams.cli.db import db_app, query_command
 from streams.cli.demo import demo_command
@@ -14,6 +15,7 @@ from streams.cli.policy import policy_app
 from streams.cli.replay import replay_command
 from streams.cli.schemas import schemas_app
 from streams.cli.simulate import simulate
+from streams.cli.status import status_command
 from streams.cli.subscribe import subscribe_command
 from streams.cli.topics import topics_app
 from streams.cli.worker import worker_command
@@ -43,6 +45,8 @@ app.add_typer(kpi_app, name="kpi")
 app.add_typer(policy_app, name="policy")
 app.command("subscribe")(subscribe_command)
 app.command("gateway")(gateway_command)
+app.command("alerts")(alerts_command)
+app.command("status")(status_command)
 
 
 def _print_version(value: bool) -> None:

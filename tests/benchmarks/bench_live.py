@@ -282,7 +282,9 @@ def main() -> int:
     )
 
     wanted = os.environ.get("BENCH_LIVE_STREAMS", ",".join(STREAMS)).split(",")
-    layouts_wanted = os.environ.get("BENCH_LIVE_LAYOUTS", "all,split").split(",")
+    # "all-no-metrics": the "all" worker without its Prometheus metrics, in the same run,
+    # so that their cost is measured beside the same ceiling.
+    layouts_wanted = os.environ.get("BENCH_LIVE_LAYOUTS", "all,all-no-metrics,split").split(",")
     streams: dict[str, dict[str, object]] = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -296,7 +298,10 @@ def main() -> int:
             faust_only: dict[str, float] = {}
             layouts: dict[str, dict[str, object]] = {}
             for layout in layouts_wanted:
-                env = LiveEnv("127.0.0.1:19092", tmp, extra_env=_PRODUCTION_BATCHES)
+                extra = dict(_PRODUCTION_BATCHES)
+                if layout.endswith("-no-metrics"):
+                    extra["IMGOV_WORKER_METRICS_ENABLED"] = "false"
+                env = LiveEnv("127.0.0.1:19092", tmp, extra_env=extra)
                 create_database(env.database)
                 env.create_topics()
                 try:
@@ -326,7 +331,7 @@ def main() -> int:
 
                 latency: dict[str, object] = {}
                 # Latency is a steady-state figure: measured on the history stream only.
-                for rate in LATENCY_RATES if stream == "history" else ():
+                for rate in LATENCY_RATES if stream == "history" and "-no-" not in layout else ():
                     lat_env = LiveEnv("127.0.0.1:19092", tmp, extra_env=_PRODUCTION_BATCHES)
                     create_database(lat_env.database)
                     lat_env.create_topics()
