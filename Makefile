@@ -15,7 +15,7 @@ PROMETHEUS := infra/prometheus/prometheus.sh
 .PHONY: help venv dicom-tools monitoring-tools monitoring-up monitoring-down up down status test unit integration lint bench soak demo clean
 
 help: ## Show the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
