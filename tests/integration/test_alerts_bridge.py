@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient
+from kafka.errors import CoordinatorNotAvailableError
 from kafka.structs import OffsetAndMetadata
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -152,9 +154,19 @@ def lagging_group(bootstrap: str, topic: str, group: str) -> int:
         for i in range(3):
             producer.send(topic, key=b"k", value=f"before {i}".encode())
         producer.flush(timeout=10)
-        done = admin.alter_group_offsets(
-            group, {TopicPartition(topic, 0): OffsetAndMetadata(1, "", -1)}
-        )
+        # On a fresh broker the first group call creates __consumer_offsets, and the
+        # coordinator is "not available" until that topic is ready (seen in CI).
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                done = admin.alter_group_offsets(
+                    group, {TopicPartition(topic, 0): OffsetAndMetadata(1, "", -1)}
+                )
+                break
+            except CoordinatorNotAvailableError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
         assert all(error.__name__ == "NoError" for error in done.values()), done
         for i in range(2):
             producer.send(topic, key=b"k", value=f"after {i}".encode())
