@@ -79,6 +79,10 @@ async def run_gateway(
     metrics = GatewayMetrics() if settings.metrics_enabled else None
     server = None
     if metrics is not None:
+        # The series exist from the start, at 0: ``increase()`` of a series born with
+        # its first dead letter misses that first burst.
+        for reason in ("UNDECODABLE", "VALIDATION_FAILED", "OVERSIZED"):
+            metrics.dead_letters.labels("gateway", reason)
         # First, so that a port taken stops the start before anything connects.
         server = serve_metrics(metrics.registry, settings.metrics_host, settings.metrics_port)
         log.info("metrics at http://%s:%d/metrics", settings.metrics_host, server.port)
