@@ -275,7 +275,8 @@ def build_app(
         stream_wait_empty=False,
         table_standby_replicas=0,
         producer_acks=-1,
-        producer_max_request_size=4 * 1024 * 1024,
+        # The KPI state topic takes 8 MiB messages (its snapshots); so must requests.
+        producer_max_request_size=8 * 1024 * 1024,
     )
     codec = Codec(registry_from_environ(os.environ), validator=build_validator(governance))
 

@@ -265,7 +265,9 @@ def _contributions(codec: Codec, partition: int = 0) -> list[Any]:
     )
 
 
-def _kpi_runner(journal: Journal, clock: Clock) -> tuple[KpiRunner, JournalStore]:
+def _kpi_runner(
+    journal: Journal, clock: Clock, max_contributions: int = 2_000
+) -> tuple[KpiRunner, JournalStore]:
     settings = load_settings(demo=True)
     codec = Codec(registry_from_environ({}))
     store = JournalStore(journal)
@@ -284,9 +286,23 @@ def _kpi_runner(journal: Journal, clock: Clock) -> tuple[KpiRunner, JournalStore
         sink=SinkFlusher(JournalSink(journal), "test"),  # type: ignore[arg-type]
         current_interval_s=3_600.0,
         checkpoint_interval_s=5.0,
+        checkpoint_max_contributions=max_contributions,
         clock=clock,
     )
     return runner, store
+
+
+async def test_enough_contributions_waiting_take_a_checkpoint_before_its_time() -> None:
+    """A snapshot carries the rows staged since the last one: the count bounds its size
+    (a backlog's snapshot once outgrew the producer's request size)."""
+    journal, clock = Journal(), Clock()
+    batch = _contributions(Codec(registry_from_environ({})))
+    runner, _ = _kpi_runner(journal, clock, max_contributions=len(batch))
+    first: list[Any] = []
+    await runner.kpi_batch(batch[:-1], _ack(journal, first))
+    assert first == [] and "state.write" not in journal.steps
+    await runner.kpi_batch(batch[-1:], _ack(journal, first))
+    assert "state.write" in journal.steps and first == batch  # no time passed
 
 
 async def test_kpi_batches_are_acknowledged_only_at_the_checkpoint_after_the_state() -> None:
