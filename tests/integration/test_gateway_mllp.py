@@ -33,6 +33,7 @@ from streams.gateway.hl7 import load_hl7_mapping, parse_message, report_events
 from streams.gateway.mllp import END_BLOCK, START_BLOCK, MllpListener
 from streams.runtime.topic_admin import TopicRole, TopicSpec, create_topics
 from streams.topics import WorkerTopics
+from tests.integration.test_live_harness import free_port
 from tests.unit.gateway.test_mllp import BAD, BAD_EXPECTED, GOOD, wire
 
 pytestmark = pytest.mark.kafka
@@ -186,13 +187,6 @@ async def test_when_kafka_does_not_take_the_events_the_sender_is_told_to_resend(
     err = next(s for s in ack if s.startswith("ERR|")).split("|")
     assert err[3].startswith("207^")
     assert "send the message again" in err[8]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def wait_listening(port: int, process: subprocess.Popen[bytes], timeout_s: float = 30) -> None:

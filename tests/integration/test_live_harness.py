@@ -99,6 +99,14 @@ def create_database(name: str) -> None:
         backend.close()
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 def drop_database(name: str) -> None:
     client = ch_client()
     try:
@@ -268,9 +276,7 @@ class LiveEnv:
     def metrics_port(self, name: str) -> int:
         """Worker ``name``'s metrics port: free when first asked, then the same."""
         if name not in self.metrics_ports:
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", 0))
-                self.metrics_ports[name] = probe.getsockname()[1]
+            self.metrics_ports[name] = free_port()
         return self.metrics_ports[name]
 
     def metrics_url(self, name: str = "w1") -> str:

@@ -31,6 +31,7 @@ from tests.integration.test_live_harness import (
     RateProducer,
     ch_client,
     encoded,
+    free_port,
     opened,
     produce,
     simulate,
@@ -64,14 +65,6 @@ def _scrape(url: str) -> dict[str, list[tuple[str, dict[str, str], float]]]:
     }
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _shipped_alerts_scaled() -> str:
     """The shipped alert rules, durations scaled, under group names of their own (the
     recording rules are left to the shipped file, which Prometheus has loaded)."""
@@ -102,7 +95,7 @@ def ops(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         bad = [(env.topics.inference, b"bad", b"not an event") for _ in range(BAD_MESSAGES)]
         produce(env.bootstrap, first[:1_000] + bad + first[1_000:])
 
-        bridge_port = _free_port()
+        bridge_port = free_port()
         bridge_log = (tmp / "bridge.log").open("ab")
         bridge = subprocess.Popen(
             [

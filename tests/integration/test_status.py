@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from streams.metrics import WorkerMetrics, serve_metrics
 from streams.runtime.topic_admin import TopicRole, TopicSpec, create_topics
 from streams.topics import WorkerTopics
 from tests.integration.conftest import CLICKHOUSE_HOST, CLICKHOUSE_PORT, require_service
+from tests.integration.test_live_harness import free_port
 from tests.unit.sinks import factory
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
@@ -205,12 +205,6 @@ def _drop(bootstrap: str, topic: str, database: str) -> None:
         admin.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_json_reports_lag_watermarks_dead_letters_and_open_breaches(staged: Staged) -> None:
     done = staged.run("--json", "--metrics", staged.metrics_url)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -268,7 +262,7 @@ def test_screen_names_the_group_its_lag_the_worker_and_the_audit_findings(staged
 
 
 def test_unreachable_sources_are_shown_and_exit_1(staged: Staged) -> None:
-    closed = _free_port()
+    closed = free_port()
     done = staged.run(
         "--metrics", f"http://127.0.0.1:{closed}/metrics", IMGOV_CLICKHOUSE_PORT=str(closed)
     )
