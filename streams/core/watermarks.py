@@ -71,6 +71,36 @@ class WatermarkTracker:
         self._idle: set[Hashable] = set()
         self._watermark: int | None = None
 
+    def state(self) -> dict[str, object]:
+        """The tracker as plain data: lateness, each source's greatest event time, idle ones."""
+        return {
+            "allowed_lateness_ms": self._lateness,
+            "sources": list(self._max.items()),
+            "idle": list(self._idle),
+            "watermark_ms": self._watermark,
+        }
+
+    @classmethod
+    def restored(
+        cls,
+        allowed_lateness_ms: int,
+        sources: Iterable[tuple[Hashable, int | None]],
+        idle: Iterable[Hashable],
+        watermark_ms: int | None,
+    ) -> WatermarkTracker:
+        """A tracker in a stored state (what ``state`` returned).
+
+        Raises:
+            ValueError: a negative lateness, or an idle source that is not a source.
+        """
+        tracker = cls(allowed_lateness_ms)
+        tracker._max = dict(sources)
+        tracker._idle = set(idle)
+        if not tracker._idle <= tracker._max.keys():
+            raise ValueError("an idle source must be one of the sources")
+        tracker._watermark = watermark_ms
+        return tracker
+
     def register(self, source: Hashable) -> None:
         """Declares a source that will deliver input; it holds the watermark until then."""
         self._max.setdefault(source, None)

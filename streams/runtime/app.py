@@ -15,7 +15,7 @@ Topology (names behind the optional ``topic_namespace``)::
                           └─> ClickHouse kpi_values, kpi_breaches
 
 The lineage state table holds one encoded ``StudyState`` per study; the KPI state table
-holds the latest lineage revision applied per row plus one pickled snapshot of the
+holds the latest lineage revision applied per row plus one snapshot (versioned data) of the
 ``KpiAggregator`` and ``BreachEvaluator`` per contributions partition (see
 ``streams.runtime.stages.kpi``). Both tables are changelog-backed Faust tables (RocksDB via
 rocksdict by default) and are written only after the sink flushed (``agents``).

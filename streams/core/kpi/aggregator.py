@@ -75,8 +75,9 @@ from streams.core.kpi.config import KpiConfig
 from streams.core.kpi.drift import SeriesReferences
 from streams.core.kpi.emission import Cand, Row, WindowEmitter, kpi_values
 from streams.core.kpi.late import late_dead_letter
-from streams.core.kpi.panes import ALLOWED, KINDS, MIN_MS, SIZE_MS, PaneStore
+from streams.core.kpi.panes import ALLOWED, KINDS, MIN_MS, SIZE_MS, PaneStore, StateError
 from streams.core.kpi.series import SeriesIndex
+from streams.core.kpi.state_schema import AggregatorState
 from streams.core.kpi.windows import WINDOW_SPECS
 
 __all__ = ["KpiAggregator", "may_be_late"]
@@ -112,7 +113,7 @@ class KpiAggregator:
         current_on_demand: bool = False,
         kpi_windows: Collection[tuple[str, str]] | None = None,
     ) -> None:
-        cfg = config or KpiConfig()
+        cfg = self._config = config or KpiConfig()
         self._wanted = None if kpi_windows is None else _wanted_indices(kpi_windows)
         self._contribution = ContributionBuilder(cfg)
         self._horizon = cfg.late_horizon_ms
@@ -150,6 +151,11 @@ class KpiAggregator:
         return None if self._wm == MIN_MS else self._wm
 
     @property
+    def config(self) -> KpiConfig:
+        """The KPI settings the aggregator was built with."""
+        return self._config
+
+    @property
     def too_late(self) -> dict[str, int]:
         """Contributions that reached a closed window, by window size (never dropped silently)."""
         return dict(self._too_late)
@@ -168,12 +174,56 @@ class KpiAggregator:
             "series": len(self._series.combo_dims),
         }
 
-    def __setstate__(self, state: dict[str, object]) -> None:
-        """Restores a pickled aggregator, one pickled before ``_data_leaves`` existed too."""
-        self.__dict__.update(state)
-        if "_data_leaves" not in state:
-            self._emitter.rebuild_data_leaves()
-            self._data_leaves = self._emitter.data_leaves
+    def state(self) -> dict[str, object]:
+        """The whole state as plain data, in the shape of ``AggregatorState``.
+
+        Called between records (late dead letters taken): what a snapshot stores.
+
+        Raises:
+            RuntimeError: late dead letters were not taken yet.
+        """
+        if self._late or self._missed:
+            raise RuntimeError("take_late() before the aggregator's state is stored")
+        return {
+            "leaves": self._series.leaves,
+            "max_event_ms": self._max_event_ms,
+            "last_emit_ms": self._last_emit_ms,
+            "watermark_ms": self._wm,
+            "next_boundary_ms": self._next_boundary,
+            "live_hour_ms": self._live_hour,
+            "open_hour_ms": self._open_hour,
+            "open_day_ms": self._open_day,
+            "too_late": dict(self._too_late),
+            "panes": self._panes.state(),
+            "references": self._psi.state(),
+            "emitter": self._emitter.state(),
+        }
+
+    def load(self, state: AggregatorState) -> None:
+        """Fills a new aggregator (built from the current settings) with stored state.
+
+        Raises:
+            ValueError: the aggregator already holds data, or the state does not fit
+                this release (``StateError``: an unknown KPI or window size, a pane of
+                the wrong shape) or these settings (another PSI reference period).
+        """
+        if self._max_event_ms is not None or self._wm != MIN_MS:
+            raise ValueError("stored state is loaded into a new aggregator only")
+        unknown = set(state.too_late) - set(self._too_late)
+        if unknown:
+            raise StateError(f"the stored state counts late contributions of {sorted(unknown)}")
+        self._series.load(state.leaves)
+        self._panes.load(state.panes)
+        self._psi.load(state.references)
+        self._emitter.load(state.emitter)
+        self._max_event_ms = state.max_event_ms
+        self._last_emit_ms = state.last_emit_ms
+        self._wm = state.watermark_ms
+        self._next_boundary = state.next_boundary_ms
+        self._live_hour = state.live_hour_ms
+        self._open_hour = state.open_hour_ms
+        self._open_day = state.open_day_ms
+        self._too_late.update(state.too_late)
 
     # -- input -------------------------------------------------------------------
 

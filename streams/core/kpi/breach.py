@@ -90,6 +90,7 @@ from schemas.records import Breach, BreachState, KpiValue, Severity
 from schemas.units import DAY_MS, format_utc
 from streams.core.kpi.catalogue import KPI_BY_NAME, KpiKind
 from streams.core.kpi.cusum import BernoulliCusum
+from streams.core.kpi.state_schema import BreachEvaluatorState, WindowState
 from streams.core.kpi.stats import wilson_interval
 from streams.core.kpi.windows import WINDOW_SPEC_BY_NAME
 
@@ -311,6 +312,10 @@ _PATH_DAYS = 14
 """Days of a CUSUM's path a breach's evidence shows."""
 
 
+def _window_state(w: _Window) -> WindowState:
+    return (w.start_ms, w.end_ms, w.value, w.numerator, w.denominator, w.p_value)
+
+
 class BreachEvaluator:
     """Applies a breach policy to final KPI values; called with every batch of values.
 
@@ -335,6 +340,65 @@ class BreachEvaluator:
                 key = (rules[rule_id].severity, rule_id)
                 counts[key] = counts.get(key, 0) + 1
         return counts
+
+    def state(self) -> dict[str, object]:
+        """The state of every series as plain data (``BreachEvaluatorState``), no policy."""
+        return {
+            "ignored_values": self.ignored_values,
+            "series": [
+                {
+                    "rule": rule_id,
+                    "dims": dims,
+                    "recent": [_window_state(w) for w in series.recent],
+                    "last_start_ms": series.last_start_ms,
+                    "breaching": series.breaching,
+                    "healthy": series.healthy,
+                    "open_id": series.open_id,
+                    "baseline_start_ms": series.baseline_start_ms,
+                    "baseline": tuple(series.baseline),
+                    "bound": series.bound,
+                    "chart": None
+                    if series.chart is None
+                    else (series.chart.p0, series.chart.p1, series.chart.h),
+                    "statistic": series.statistic,
+                    "path": [_window_state(w) for w in series.path],
+                }
+                for (rule_id, *dims), series in self._series.items()
+            ],
+        }
+
+    def load(self, state: BreachEvaluatorState) -> None:
+        """Fills a new evaluator (built from the current policy) with stored state.
+
+        The series of a rule the policy no longer has are left out; a rule new to the
+        policy starts with no history.
+
+        Raises:
+            ValueError: the evaluator already holds series.
+        """
+        if self._series:
+            raise ValueError("stored state is loaded into a new evaluator only")
+        rules = {rule.id: rule for rule in self.policy.rules}
+        self.ignored_values = state.ignored_values
+        for stored in state.series:
+            rule = rules.get(stored.rule)
+            if rule is None:
+                continue
+            depth = max(rule.open_after, rule.resolve_after)
+            chart = None if stored.chart is None else BernoulliCusum(*stored.chart)
+            self._series[(stored.rule, *stored.dims)] = _Series(
+                recent=deque((_Window(*w) for w in stored.recent), maxlen=depth),
+                last_start_ms=stored.last_start_ms,
+                breaching=stored.breaching,
+                healthy=stored.healthy,
+                open_id=stored.open_id,
+                baseline_start_ms=stored.baseline_start_ms,
+                baseline=list(stored.baseline),
+                bound=stored.bound,
+                chart=chart,
+                statistic=stored.statistic,
+                path=deque((_Window(*w) for w in stored.path), maxlen=_PATH_DAYS),
+            )
 
     def apply(self, values: Iterable[KpiValue]) -> list[Breach]:
         """Evaluates KPI values (non-final ones are skipped); returns breaches opened or resolved.

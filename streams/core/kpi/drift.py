@@ -42,6 +42,7 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from schemas.units import DAY_MS
+from streams.core.kpi.state_schema import ReferenceState
 from streams.core.kpi.stats import chi2_sf
 
 __all__ = [
@@ -264,6 +265,45 @@ class SeriesReferences:
             if first is not None and day_ms < first + self.reference_ms:
                 self.changed.add(sid)
                 self._cache.pop(sid, None)
+
+    def state(self) -> dict[str, object]:
+        """The references as plain data, in the shape of ``ReferenceState`` (no cache)."""
+        store = self._store
+        return {
+            "reference_ms": self.reference_ms,
+            "leaf_first": list(store._first.items()),
+            "leaf_days": [(leaf, list(days.items())) for leaf, days in store._days.items()],
+            "leaf_ends": list(self.leaf_ends.items()),
+            "series_first": list(self._first.items()),
+            "changed": list(self.changed),
+        }
+
+    def load(self, state: ReferenceState) -> None:
+        """Replaces the references by stored ones.
+
+        Raises:
+            ValueError: they were built over another reference period, or a histogram
+                has the wrong number of bins.
+        """
+        if state.reference_ms != self.reference_ms:
+            raise ValueError(
+                f"the stored PSI references span {state.reference_ms} ms; the settings say "
+                f"{self.reference_ms} ms"
+            )
+        store = self._store
+        store._first = dict(state.leaf_first)
+        store._days = {}
+        for leaf, days in state.leaf_days:
+            for day, bins in days:
+                if len(bins) != PSI_BINS:
+                    raise ValueError(
+                        f"a stored score histogram has {len(bins)} bins, not {PSI_BINS}"
+                    )
+                store._days.setdefault(leaf, {})[day] = list(bins)
+        self.leaf_ends = dict(state.leaf_ends)
+        self._first = dict(state.series_first)
+        self._cache = {}
+        self.changed = set(state.changed)
 
     def first_day(self, sid: int) -> int | None:
         """Returns the first day a score of a series was seen."""

@@ -32,8 +32,17 @@ from streams.core.kpi.catalogue import (
 )
 from streams.core.kpi.config import KpiConfig
 from streams.core.kpi.drift import SeriesReferences, homogeneity_test, population_stability_index
-from streams.core.kpi.panes import ALLOWED, KINDS, SIZE_MS, PaneKey, PaneStore
+from streams.core.kpi.panes import (
+    ALLOWED,
+    KINDS,
+    SIZE_MS,
+    PaneKey,
+    PaneStore,
+    kpi_index,
+    size_index,
+)
 from streams.core.kpi.series import SeriesIndex
+from streams.core.kpi.state_schema import EmitterState
 from streams.core.kpi.windows import WINDOW_SPECS
 
 __all__ = ["Cand", "Row", "WindowEmitter", "kpi_values"]
@@ -91,20 +100,50 @@ class WindowEmitter:
             {} for _ in WINDOW_SPECS
         ]
 
+    def state(self) -> dict[str, object]:
+        """What was emitted and what changed since, as plain data (``EmitterState``)."""
+        name = [spec.name for spec in KPIS]
+        return {
+            "dirty": [(name[k], leaf, t) for k, leaf, t in self.dirty],
+            "late_dirty": [(name[k], leaf, t) for k, leaf, t in self.late_dirty],
+            "data_leaves": [(name[k], sorted(leaves)) for k, leaves in enumerate(self.data_leaves)],
+            "emitted": [
+                (
+                    WINDOW_SPECS[s].name,
+                    start,
+                    [(name[k], combo, *entry) for (k, combo), entry in windows.items()],
+                )
+                for s, emitted in enumerate(self._emitted)
+                for start, windows in emitted.items()
+            ],
+        }
+
+    def load(self, state: EmitterState) -> None:
+        """Replaces what was emitted by stored state (the sets stay the same objects).
+
+        Raises:
+            StateError: an unknown KPI or window size.
+        """
+        self.dirty.clear()
+        self.dirty.update((kpi_index(name), leaf, t) for name, leaf, t in state.dirty)
+        self.late_dirty.clear()
+        self.late_dirty.update((kpi_index(name), leaf, t) for name, leaf, t in state.late_dirty)
+        for held in self.data_leaves:
+            held.clear()
+        for name, stored in state.data_leaves:
+            self.data_leaves[kpi_index(name)].update(stored)
+        self._effective.clear()
+        for emitted in self._emitted:
+            emitted.clear()
+        for size_name, start, windows in state.emitted:
+            target = self._emitted[size_index(size_name)].setdefault(start, {})
+            for name, combo, revision, final, summary in windows:
+                target[(kpi_index(name), combo)] = (revision, final, summary)
+
     def add_data_leaf(self, k: int, leaf: int) -> None:
         """Notes that ``leaf`` has (or had) contributions to KPI ``k``."""
         self.data_leaves[k].add(leaf)
         self._effective.clear()
-
-    def rebuild_data_leaves(self) -> None:
-        """Data leaves from the panes held (a state pickled before they were tracked)."""
-        self.data_leaves = [set() for _ in KPIS]
-        self._effective = {}
-        panes = self._panes
-        for index in (panes.hour_index, panes.day_index):
-            for pairs in index.values():
-                for k, leaf in pairs:
-                    self.data_leaves[k].add(leaf)
 
     def emitted_windows(self) -> int:
         """Returns the number of emitted-window entries held."""

@@ -16,10 +16,24 @@ from collections.abc import Callable
 from schemas.units import DAY_MS, HOUR_MS
 from streams.core.kpi.catalogue import KPIS, KpiKind
 from streams.core.kpi.drift import PSI_BINS
+from streams.core.kpi.state_schema import PaneStoreState
 from streams.core.kpi.stats import Counts, add_counts, merge_counts, subtract_counts
 from streams.core.kpi.windows import WINDOW_SPECS
 
-__all__ = ["ALLOWED", "KINDS", "MIN_MS", "SIZE_MS", "Pane", "PaneKey", "PaneStore"]
+__all__ = [
+    "ALLOWED",
+    "KINDS",
+    "KPI_INDEX",
+    "MIN_MS",
+    "SIZE_INDEX",
+    "SIZE_MS",
+    "Pane",
+    "PaneKey",
+    "PaneStore",
+    "StateError",
+    "kpi_index",
+    "size_index",
+]
 
 PaneKey = tuple[int, int, int]  # (kpi index, leaf id, pane start ms)
 Pane = Counts  # [num, den], score bins, or duration bucket -> count
@@ -44,6 +58,42 @@ ALLOWED = tuple(tuple(size.name in spec.window_sizes for size in WINDOW_SPECS) f
 """``ALLOWED[k][s]``: whether KPI ``k`` has windows of size ``WINDOW_SPECS[s]``."""
 SIZE_MS = tuple(size.size_ms for size in WINDOW_SPECS)
 """The length of each window size, by ``WINDOW_SPECS`` index."""
+KPI_INDEX = {spec.name: k for k, spec in enumerate(KPIS)}
+"""A KPI's index in the catalogue, by name (stored state names KPIs, never indexes them)."""
+SIZE_INDEX = {size.name: s for s, size in enumerate(WINDOW_SPECS)}
+"""A window size's index in ``WINDOW_SPECS``, by name."""
+
+
+class StateError(ValueError):
+    """Stored KPI state that does not fit this release: an unknown KPI, a pane of a wrong shape."""
+
+
+def kpi_index(name: str) -> int:
+    """The catalogue index of a KPI named by stored state.
+
+    Raises:
+        StateError: no KPI of that name.
+    """
+    k = KPI_INDEX.get(name)
+    if k is None:
+        raise StateError(f"the stored state names KPI {name!r}, which this release does not know")
+    return k
+
+
+def size_index(name: str) -> int:
+    """The ``WINDOW_SPECS`` index of a window size named by stored state.
+
+    Raises:
+        StateError: no window size of that name.
+    """
+    s = SIZE_INDEX.get(name)
+    if s is None:
+        raise StateError(f"the stored state names window size {name!r}, which does not exist")
+    return s
+
+
+def _pane_length(k: int) -> int:
+    return PSI_BINS if KINDS[k] is _SCORE else 2
 
 
 class PaneStore:
@@ -77,6 +127,87 @@ class PaneStore:
         # (kpi, combo, size) -> (start, aggregate) of the latest final rolling window.
         self._slides: dict[tuple[int, int, int], tuple[int, Pane]] = {}
         self.refused = 0
+
+    def state(self) -> dict[str, object]:
+        """The panes as plain data, in the shape of ``PaneStoreState``."""
+        name = [spec.name for spec in KPIS]
+        size = [spec.name for spec in WINDOW_SPECS]
+        return {
+            "hour_lists": [
+                (name[k], leaf, t, pane) for (k, leaf, t), pane in self.hour_lists.items()
+            ],
+            "day_lists": [
+                (name[k], leaf, t, pane) for (k, leaf, t), pane in self.day_lists.items()
+            ],
+            "hour_buckets": [
+                (name[k], leaf, t, list(pane.items()))
+                for (k, leaf, t), pane in self.hour_buckets.items()
+            ],
+            "day_buckets": [
+                (name[k], leaf, t, list(pane.items()))
+                for (k, leaf, t), pane in self.day_buckets.items()
+            ],
+            "hour_index": [
+                (t, [(name[k], leaf) for k, leaf in pairs]) for t, pairs in self.hour_index.items()
+            ],
+            "day_index": [
+                (t, [(name[k], leaf) for k, leaf in pairs]) for t, pairs in self.day_index.items()
+            ],
+            "compacted_to": self.compacted_to,
+            "slide_lists": [
+                (name[k], combo, size[s], start, agg)
+                for (k, combo, s), (start, agg) in self._slides.items()
+                if isinstance(agg, list)
+            ],
+            "slide_buckets": [
+                (name[k], combo, size[s], start, list(agg.items()))
+                for (k, combo, s), (start, agg) in self._slides.items()
+                if isinstance(agg, dict)
+            ],
+            "refused": self.refused,
+        }
+
+    def load(self, state: PaneStoreState) -> None:
+        """Replaces the panes by stored ones (the dicts stay the same objects).
+
+        Raises:
+            StateError: a pane of an unknown KPI, of a kind stored in the wrong shape, or
+                of the wrong length.
+        """
+        for target, panes in (
+            (self.hour_lists, state.hour_lists),
+            (self.day_lists, state.day_lists),
+        ):
+            target.clear()
+            for name, leaf, start, counts in panes:
+                k = kpi_index(name)
+                if KINDS[k] is _DURATION or len(counts) != _pane_length(k):
+                    raise StateError(f"a pane of {name} holds {len(counts)} counts")
+                target[(k, leaf, start)] = list(counts)
+        for btarget, bpanes in (
+            (self.hour_buckets, state.hour_buckets),
+            (self.day_buckets, state.day_buckets),
+        ):
+            btarget.clear()
+            for name, leaf, start, pairs in bpanes:
+                k = kpi_index(name)
+                if KINDS[k] is not _DURATION:
+                    raise StateError(f"a pane of {name} holds duration buckets")
+                btarget[(k, leaf, start)] = dict(pairs)
+        for itarget, index in (
+            (self.hour_index, state.hour_index),
+            (self.day_index, state.day_index),
+        ):
+            itarget.clear()
+            for start, named in index:
+                itarget[start] = {(kpi_index(name), leaf) for name, leaf in named}
+        self.compacted_to = state.compacted_to
+        self._slides = {}
+        for name, combo, size_name, start, agg in state.slide_lists:
+            self._slides[(kpi_index(name), combo, size_index(size_name))] = (start, list(agg))
+        for name, combo, size_name, start, pairs in state.slide_buckets:
+            self._slides[(kpi_index(name), combo, size_index(size_name))] = (start, dict(pairs))
+        self.refused = state.refused
 
     def list_pane(
         self,

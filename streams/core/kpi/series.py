@@ -30,6 +30,23 @@ class SeriesIndex:
         self.combo_dims: list[Dims] = []
         self.combo_leaves: list[list[int]] = []
 
+    @property
+    def leaves(self) -> list[Dims]:
+        """The dimensions of every leaf, by id (ids are the order of first sight)."""
+        return list(self._leaf_ids)
+
+    def load(self, leaves: list[Dims]) -> None:
+        """Registers stored leaves in their order, which gives every leaf and combo its id again.
+
+        Raises:
+            ValueError: the index already holds series, or a leaf is stored twice.
+        """
+        if self._leaf_ids:
+            raise ValueError("series are loaded into an empty index only")
+        for dims in leaves:
+            if self.leaf(dims) != len(self.leaf_combos) - 1:
+                raise ValueError(f"series {dims} is stored twice")
+
     def leaf(self, dims: Dims) -> int:
         """Returns the id of a leaf series; registers it and its combos on first sight."""
         leaf = self._leaf_ids.get(dims)

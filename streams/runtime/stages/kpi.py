@@ -13,7 +13,8 @@ recomputed after a crash, and replaces it). Close markers close every window (id
 close). Current values come from ``emit_current``, paced by the caller. At each
 checkpoint (``take_writes``; the worker takes one every few seconds, not every batch)
 the aggregator, evaluator and upstream watermarks of every touched partition are
-snapshotted (pickle), with the offsets applied (``AppliedOffsets``: ranges, so a gap in
+snapshotted (``streams.core.kpi.snapshot``: versioned, schema-validated data, never a
+pickle), with the offsets applied (``AppliedOffsets``: ranges, so a gap in
 delivery is applied when it comes) and the rows the batch staged, into the snapshot
 table; on reassignment they are loaded from it. The rows ride in the snapshot because a
 new owner can restore a changelog that holds the snapshot and not yet every row written
@@ -28,10 +29,9 @@ not depend on batch boundaries, so recovery is deterministic.
 
 from __future__ import annotations
 
-import pickle
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from schemas.codec import Codec
 from schemas.records import (
@@ -42,10 +42,23 @@ from schemas.records import (
 )
 from streams.core.kpi.aggregator import KpiAggregator
 from streams.core.kpi.breach import BreachEvaluator
+from streams.core.kpi.snapshot import (
+    SnapshotError,
+    decode_snapshot,
+    encode_snapshot,
+    load_snapshot,
+    snapshot_document,
+    validate_document,
+)
 from streams.core.kpi.step import KpiStep
 from streams.core.lineage.store import RESERVED_PREFIX
 from streams.core.watermarks import WatermarkTracker
 from streams.runtime.applied import AppliedOffsets
+from streams.runtime.legacy_snapshot import (
+    LegacySnapshotError,
+    is_legacy_snapshot,
+    legacy_document,
+)
 from streams.runtime.outputs import (
     CONTROL_CLOSE,
     CONTROL_HEADER,
@@ -57,6 +70,8 @@ from streams.runtime.outputs import (
 from streams.runtime.staged_store import StagedMapping, StagedWrite
 
 __all__ = ["KpiBatch", "KpiStage"]
+
+log = logging.getLogger(__name__)
 
 
 _SNAPSHOT = RESERVED_PREFIX + "snapshot:"
@@ -103,8 +118,9 @@ class KpiStage:
     Args:
         codec: decodes contributions (LineageRecord) and encodes the rows kept.
         rows: the latest revision applied per lineage row (staged until commit).
-        snapshots: pickled aggregator, evaluator and applied offsets per partition
-            (staged until commit); the same table as ``rows`` under other keys.
+        snapshots: a snapshot of aggregator, evaluator, upstream watermarks, applied
+            offsets and recent rows per partition (staged until commit); the same table
+            as ``rows`` under other keys.
         new_aggregator: builds an empty aggregator.
         new_breaches: builds an empty breach evaluator, or None.
         upstream_partitions: how many input partitions the lineage stages read; a
@@ -156,7 +172,7 @@ class KpiStage:
             source = f"{self._topic}[{partition}]"
             raw = self.snapshots.get(_SNAPSHOT + str(partition))
             if raw is not None:
-                part = _from_snapshot(pickle.loads(raw), source, self._new_upstream)
+                part = self._restore(raw, source)
                 # The rows the snapshot's batch wrote after it may be missing from the
                 # table (see the module docstring): staged again, and carried by the
                 # next snapshot until written after one.
@@ -172,6 +188,33 @@ class KpiStage:
                 )
             self._parts[partition] = part
         return part
+
+    def _restore(self, raw: bytes, source: str) -> _KpiPartition:
+        """A partition from its snapshot (format 1, or a pickle of a previous release).
+
+        Raises:
+            SnapshotError: the snapshot cannot be restored (the message says why).
+        """
+        try:
+            if is_legacy_snapshot(raw):
+                document = legacy_document(raw, self._new_upstream().state())
+                snapshot = validate_document(document)
+                log.info(
+                    "%s: read the pickled KPI snapshot of a previous release as data; "
+                    "the next checkpoint writes it in format 1",
+                    source,
+                )
+            else:
+                snapshot = decode_snapshot(raw)
+            state = load_snapshot(snapshot, self._new_aggregator, self._new_breaches)
+        except (SnapshotError, LegacySnapshotError) as exc:
+            raise SnapshotError(f"{source}: {exc}") from None
+        return _KpiPartition(
+            KpiStep(state.aggregator, state.breaches),
+            state.upstream,
+            AppliedOffsets(source, state.applied),
+            journal=state.rows,
+        )
 
     def process(self, messages: Sequence[InputMessage]) -> KpiBatch:
         """Applies contributions and control messages in log order."""
@@ -330,58 +373,19 @@ class KpiStage:
         for partition in sorted(self._touched):
             part = self._parts[partition]
             self.snapshots.use_partition(partition)
-            self.snapshots[_SNAPSHOT + str(partition)] = pickle.dumps(
-                (
-                    _SNAPSHOT_V3,
+            self.snapshots[_SNAPSHOT + str(partition)] = encode_snapshot(
+                snapshot_document(
                     part.step.aggregator,
                     part.step.breaches,
                     part.upstream,
                     part.applied.ranges,
                     tuple(part.journal.items()),
-                ),
-                protocol=pickle.HIGHEST_PROTOCOL,
+                )
             )
             part.journal.clear()
         self.snapshots.use_partition(None)
         self.rows.use_partition(None)
         self._touched.clear()
-
-
-_SNAPSHOT_V2 = "applied-ranges"
-"""Tags snapshots that record applied offsets as ranges (earlier ones: a prefix + a set)."""
-
-_SNAPSHOT_V3 = "applied-ranges+rows"
-"""Tags snapshots that also carry the rows their batch wrote (``_KpiPartition.journal``)."""
-
-
-def _from_snapshot(
-    snapshot: tuple[Any, ...], source: str, new_upstream: Callable[[], WatermarkTracker]
-) -> _KpiPartition:
-    """A partition from its snapshot tuple, in any format this stage has written."""
-    if snapshot[0] == _SNAPSHOT_V3:
-        _, aggregator, breaches, upstream, ranges, rows = snapshot
-        return _KpiPartition(
-            KpiStep(aggregator, breaches),
-            upstream,
-            AppliedOffsets(source, ranges),
-            journal=dict(rows),
-        )
-    if snapshot[0] == _SNAPSHOT_V2:
-        _, aggregator, breaches, upstream, ranges = snapshot
-        return _KpiPartition(
-            KpiStep(aggregator, breaches), upstream, AppliedOffsets(source, ranges)
-        )
-    above: set[int] = set()
-    if len(snapshot) == 3:  # written before upstream watermarks existed
-        aggregator, breaches, offset = snapshot
-        upstream = new_upstream()
-    elif len(snapshot) == 4:
-        aggregator, breaches, upstream, offset = snapshot
-    else:  # a prefix of applied offsets and a set beyond it
-        aggregator, breaches, upstream, offset, above = snapshot
-    prefix = [] if offset is None else [(0, offset + 1)]
-    applied = AppliedOffsets(source, prefix + [(o, o + 1) for o in above])
-    return _KpiPartition(KpiStep(aggregator, breaches), upstream, applied)
 
 
 def _origin(message: InputMessage) -> tuple[str, int, int]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-import pickle
+import json
 import random
 
 import pytest
@@ -14,6 +14,7 @@ from schemas.records import KpiValue
 from schemas.units import DAY_MS, HOUR_MS
 from streams.core.kpi.aggregator import KpiAggregator
 from streams.core.kpi.config import KpiConfig
+from streams.core.kpi.state_schema import AggregatorState
 from tests.unit.core.kpi.test_batch import (
     Key,
     assert_matches_batch,
@@ -354,7 +355,8 @@ def test_series_sharing_their_leaves_with_data_equal_the_batch(keep_unversioned:
                 )
 
 
-def test_an_aggregator_pickled_before_data_leaves_were_tracked_goes_on_alike() -> None:
+def test_an_aggregator_stored_and_loaded_midway_goes_on_alike() -> None:
+    """Its state, as JSON validated by the snapshot schema, into a new aggregator."""
     rng = random.Random(29)
     chains = [chain(s) for s in random_studies(rng, 300)]
     pairs = time_ordered(chains)
@@ -362,17 +364,15 @@ def test_an_aggregator_pickled_before_data_leaves_were_tracked_goes_on_alike() -
     current = KpiAggregator(config)
     for old, new in pairs[: len(pairs) // 2]:
         feed(current, old, new)
-    restored = pickle.loads(pickle.dumps(current))
-    # As an aggregator pickled by the previous release: no data leaves anywhere.
-    state = dict(restored.__dict__)
-    del state["_data_leaves"]
-    emitter = state["_emitter"]
-    del emitter.__dict__["data_leaves"], emitter.__dict__["_effective"]
-    old_release = KpiAggregator.__new__(KpiAggregator)
-    old_release.__setstate__(state)
+    stored = AggregatorState.model_validate_json(json.dumps(current.state()))
+    restored = KpiAggregator(config)
+    restored.load(stored)
+    assert restored.state_size() == current.state_size()
     expected: list[KpiValue] = []
     got: list[KpiValue] = []
     for old, new in pairs[len(pairs) // 2 :]:
         expected += feed(current, old, new)
-        got += feed(old_release, old, new)
-    assert got + old_release.close_all() == expected + current.close_all()
+        got += feed(restored, old, new)
+    assert got + restored.close_all() == expected + current.close_all()
+    with pytest.raises(ValueError, match="new aggregator"):
+        restored.load(stored)
