@@ -593,7 +593,12 @@ def _moment_ms(date_text: str, clock_text: str, offset_text: str, zone: ZoneInfo
         if offset is None:
             raise SrRefused(SrStatus.MISSING_ATTRIBUTE, "TimezoneOffsetFromUTC not +/-HHMM")
         sign = -1 if offset[1] == "-" else 1
-        tz = timezone(sign * timedelta(hours=int(offset[2]), minutes=int(offset[3])))
+        try:  # timezone() refuses an offset of a day or more (+2500)
+            tz = timezone(sign * timedelta(hours=int(offset[2]), minutes=int(offset[3])))
+        except ValueError as exc:
+            raise SrRefused(
+                SrStatus.MISSING_ATTRIBUTE, f"TimezoneOffsetFromUTC out of range ({exc})"
+            ) from exc
     hour, minute, second, fraction = clock.groups()
     try:
         moment = datetime(
@@ -606,9 +611,11 @@ def _moment_ms(date_text: str, clock_text: str, offset_text: str, zone: ZoneInfo
             int((fraction or "0").ljust(6, "0")),
             tzinfo=tz,
         )
-    except ValueError as exc:
+        # OverflowError: an instant of year 1 or 9999 whose offset moves it out of the
+        # calendar (99991231235959-0500); found by tests/unit/fuzz.
+        return int(moment.astimezone(UTC).timestamp() * 1000)
+    except (ValueError, OverflowError) as exc:
         raise SrRefused(SrStatus.MISSING_ATTRIBUTE, f"content date/time invalid ({exc})") from exc
-    return int(moment.astimezone(UTC).timestamp() * 1000)
 
 
 def _wall_clock_ms() -> int:

@@ -415,9 +415,11 @@ def _epoch_ms(text: str, zone: ZoneInfo, path: str) -> int:
             int((fraction or "0").ljust(6, "0")[:6]),
             tzinfo=tz,
         )
-    except ValueError as exc:
+        # OverflowError: an instant of year 1 or 9999 whose offset moves it out of the
+        # calendar (00010101+0500); found by tests/unit/fuzz.
+        return int(moment.astimezone(UTC).timestamp() * 1000)
+    except (ValueError, OverflowError) as exc:
         raise Hl7Refused(Hl7Error.DATA_TYPE, path, f"not a valid date/time ({exc})") from exc
-    return int(moment.astimezone(UTC).timestamp() * 1000)
 
 
 _ERROR_TEXT = {
