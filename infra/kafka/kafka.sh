@@ -2,24 +2,50 @@
 # Single-node Apache Kafka 4.1 broker (KRaft) for development and CI, from Maven Central
 # jars, no Docker.
 #
-# Usage: infra/kafka/kafka.sh {fetch|start|stop|restart|status|reset}
+# Usage: infra/kafka/kafka.sh {fetch|start|stop|restart|status|reset|tools}
 #
 #   fetch    copy the broker jars into infra/kafka/libs (Maven; a no-op when up to date)
 #   start    fetch if needed, format the data dir once, start the broker, wait until a
 #            client metadata request succeeds; a no-op when already running
 #   stop     SIGTERM, then SIGKILL after IMGOV_KAFKA_STOP_TIMEOUT s; a no-op when stopped
 #   restart  stop + start; data is kept
-#   status   running/stopped, pid, port, resident memory (always exits 0)
-#   reset    stop and delete the state dir (data, rendered config); logs are kept
+#   status   running/stopped, pid, ports (the secure listener too), resident memory
+#            (always exits 0)
+#   reset    stop and delete the state dir (data, rendered config, CA, passwords); logs
+#            are kept
+#   tools    apt-get install Debian's kcat (the third-party client of the security
+#            tests) if it is missing; needs root or sudo
 #
-# Fixed locations (the Makefile and the test fixtures rely on them), relative to the
+# Listeners, all on 127.0.0.1: PLAINTEXT on IMGOV_KAFKA_PORT (clients, inter-broker), the
+# KRaft controller (PLAINTEXT) on IMGOV_KAFKA_CONTROLLER_PORT, and SASL_SSL on
+# IMGOV_KAFKA_SASL_PORT: TLS with a broker certificate for 127.0.0.1 and localhost, then
+# SASL SCRAM-SHA-512 or PLAIN as user `imgov` (server.properties.template +
+# sasl_ssl.properties.template). `start` generates, once per state dir, with openssl:
+#   tls/ca.pem               the self-signed CA clients trust (IMGOV_KAFKA_SSL_CAFILE)
+#   tls/ca.key, tls/broker-keystore.pem   CA and broker keys (mode 600)
+#   users/imgov.password     the test user's password (mode 600), for SCRAM and PLAIN
+#   client-sasl-ssl.env      IMGOV_KAFKA_* settings of a SCRAM-SHA-512 client (no secret
+#                            inside: it names the password file)
+# The SCRAM credential is added at the first format (`StorageTool format --add-scram`),
+# or, for a data dir formatted before, with ConfigCommand over the PLAINTEXT listener
+# once the broker is ready (recorded in users/scram.cluster). No ACLs: any
+# authenticated user may do anything, as on the PLAINTEXT listener.
+#
+# Locations (the Makefile and the test fixtures rely on the defaults), relative to the
 # repository root, whatever the current directory:
-#   .imgov/services/kafka/{data/,server.properties,kafka.pid,cluster.id}
+#   .imgov/services/kafka/{data/,server.properties,kafka.pid,cluster.id,tls/,users/,
+#                          client-sasl-ssl.env}       (IMGOV_KAFKA_STATE_DIR)
 #   .imgov/logs/kafka/{server.log,state-change.log,stdout.log,format.log,fetch.log}
+#                                                     (IMGOV_KAFKA_LOG_DIR)
+# A second broker of the same checkout (other ports, other state and log dirs) can run
+# beside the first: its lock is <state dir>.lock.
 #
 # Environment:
 #   IMGOV_KAFKA_PORT             broker port           (default 19092)
 #   IMGOV_KAFKA_CONTROLLER_PORT  KRaft controller port (default 19093)
+#   IMGOV_KAFKA_SASL_PORT        SASL_SSL listener port (default 19096)
+#   IMGOV_KAFKA_STATE_DIR        state dir  (default .imgov/services/kafka)
+#   IMGOV_KAFKA_LOG_DIR          log dir    (default .imgov/logs/kafka)
 #   IMGOV_KAFKA_HEAP             JVM -Xmx              (default 512m)
 #   IMGOV_KAFKA_HEAP_MIN         JVM -Xms              (default 256m)
 #   IMGOV_KAFKA_START_TIMEOUT    seconds to wait for readiness (default 60)
@@ -32,15 +58,22 @@ set -euo pipefail
 KAFKA_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$KAFKA_DIR/../.." && pwd)"
 LIBS="$KAFKA_DIR/libs"
-STATE="$ROOT/.imgov/services/kafka"
+STATE="$(realpath -m "${IMGOV_KAFKA_STATE_DIR:-$ROOT/.imgov/services/kafka}")"
 DATA="$STATE/data"
 PROPS="$STATE/server.properties"
 PIDFILE="$STATE/kafka.pid"
-LOGS="$ROOT/.imgov/logs/kafka"
-LOCKFILE="$ROOT/.imgov/services/kafka.lock"
+LOGS="$(realpath -m "${IMGOV_KAFKA_LOG_DIR:-$ROOT/.imgov/logs/kafka}")"
+LOCKFILE="$STATE.lock"
+TLS_DIR="$STATE/tls"
+USERS_DIR="$STATE/users"
+SASL_USER="imgov"
+SASL_PASSWORD_FILE="$USERS_DIR/$SASL_USER.password"
+SCRAM_MARKER="$USERS_DIR/scram.cluster"
+CLIENT_ENV="$STATE/client-sasl-ssl.env"
 
 PORT="${IMGOV_KAFKA_PORT:-19092}"
 CONTROLLER_PORT="${IMGOV_KAFKA_CONTROLLER_PORT:-19093}"
+SASL_PORT="${IMGOV_KAFKA_SASL_PORT:-19096}"
 HEAP="${IMGOV_KAFKA_HEAP:-512m}"
 HEAP_MIN="${IMGOV_KAFKA_HEAP_MIN:-256m}"
 START_TIMEOUT="${IMGOV_KAFKA_START_TIMEOUT:-60}"
@@ -78,7 +111,10 @@ broker_pid() {
 
 # The ports of the running broker, from the rendered config it was started with.
 running_port() {
-    sed -n 's|^advertised.listeners=PLAINTEXT://127.0.0.1:\([0-9]*\)$|\1|p' "$PROPS"
+    sed -n 's|^advertised.listeners=PLAINTEXT://127.0.0.1:\([0-9]*\).*$|\1|p' "$PROPS"
+}
+running_sasl_port() {
+    sed -n 's|^advertised.listeners=.*SASL_SSL://127.0.0.1:\([0-9]*\).*$|\1|p' "$PROPS"
 }
 running_controller_port() {
     sed -n 's|^controller.quorum.voters=1@127.0.0.1:\([0-9]*\)$|\1|p' "$PROPS"
@@ -142,15 +178,105 @@ cmd_fetch() {
 
 # --- start -------------------------------------------------------------------------
 
+# The base template without its listener lines, then the secure listener's fragment
+# (which sets them again with SASL_SSL added). Mode 600: it holds the PLAIN password.
 render_properties() {
-    local text
-    text="$(<"$KAFKA_DIR/server.properties.template")"
+    local text password
+    password="$(<"$SASL_PASSWORD_FILE")"
+    text="$(grep -v -E '^(listeners|advertised\.listeners|listener\.security\.protocol\.map)=' \
+        "$KAFKA_DIR/server.properties.template")"
+    text+=$'\n\n'"$(<"$KAFKA_DIR/sasl_ssl.properties.template")"
     # Quoted replacements: bash 5.2 would otherwise expand '&' in them.
     text="${text//@DATA_DIR@/"$DATA"}"
     text="${text//@BROKER_PORT@/"$PORT"}"
     text="${text//@CONTROLLER_PORT@/"$CONTROLLER_PORT"}"
-    printf '%s\n' "$text" >"$PROPS.tmp"
+    text="${text//@SASL_PORT@/"$SASL_PORT"}"
+    text="${text//@TLS_DIR@/"$TLS_DIR"}"
+    text="${text//@SASL_USER@/"$SASL_USER"}"
+    text="${text//@SASL_PASSWORD@/"$password"}"
+    (umask 077 && printf '%s\n' "$text" >"$PROPS.tmp")
     mv "$PROPS.tmp" "$PROPS"
+    # What a client of the secure listener sets; the password stays in its file.
+    printf '%s\n' "IMGOV_KAFKA_BOOTSTRAP=127.0.0.1:$SASL_PORT" \
+        "IMGOV_KAFKA_SECURITY_PROTOCOL=SASL_SSL" "IMGOV_KAFKA_SSL_CAFILE=$TLS_DIR/ca.pem" \
+        "IMGOV_KAFKA_SASL_MECHANISM=SCRAM-SHA-512" "IMGOV_KAFKA_SASL_USERNAME=$SASL_USER" \
+        "IMGOV_KAFKA_SASL_PASSWORD_FILE=$SASL_PASSWORD_FILE" >"$CLIENT_ENV.tmp"
+    mv "$CLIENT_ENV.tmp" "$CLIENT_ENV"
+}
+
+# --- secure listener: CA, broker certificate, test user ------------------------------
+
+# Once per state dir: a self-signed CA (10 years) and a broker certificate it signs, for
+# IP 127.0.0.1 and DNS localhost (clients check the host name against these). Kafka reads
+# the broker's key and chain from one PEM file (ssl.keystore.type=PEM, PKCS#8 key).
+ensure_tls() {
+    if [[ -s "$TLS_DIR/ca.pem" && -s "$TLS_DIR/broker-keystore.pem" ]]; then
+        return 0
+    fi
+    command -v openssl >/dev/null || die "openssl not found (apt-get install openssl)"
+    local tmp="$TLS_DIR.tmp.$$"
+    rm -rf "$tmp"
+    mkdir -p "$tmp"
+    chmod 700 "$tmp"
+    if ! (
+        cd "$tmp" &&
+            openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 3650 \
+                -keyout ca.key -out ca.pem -subj "/CN=imgov development Kafka CA" \
+                -addext "basicConstraints=critical,CA:TRUE" \
+                -addext "keyUsage=critical,keyCertSign,cRLSign" &&
+            openssl req -newkey rsa:2048 -nodes -sha256 -keyout broker.key -out broker.csr \
+                -subj "/CN=localhost" &&
+            printf '%s\n' "basicConstraints=CA:FALSE" \
+                "keyUsage=critical,digitalSignature,keyEncipherment" \
+                "extendedKeyUsage=serverAuth" "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+                "subjectKeyIdentifier=hash" "authorityKeyIdentifier=keyid,issuer" >broker.ext &&
+            openssl x509 -req -sha256 -days 3650 -in broker.csr -CA ca.pem -CAkey ca.key \
+                -CAcreateserial -extfile broker.ext -out broker.pem &&
+            cat broker.key broker.pem ca.pem >broker-keystore.pem &&
+            chmod 600 ca.key broker.key broker-keystore.pem && chmod 644 ca.pem broker.pem &&
+            rm -f broker.csr broker.ext ca.srl
+    ) >"$LOGS/tls.log" 2>&1; then
+        cat "$LOGS/tls.log" >&2
+        rm -rf "$tmp"
+        die "could not generate the CA and broker certificate (openssl)"
+    fi
+    rm -rf "$TLS_DIR"
+    mv "$tmp" "$TLS_DIR"
+    chmod 755 "$TLS_DIR"
+    log "generated a CA and a broker certificate in $TLS_DIR"
+}
+
+# Once per state dir: the test user's password (alphanumeric: it goes into the JAAS line
+# and the SCRAM config unquoted).
+ensure_password() {
+    [[ -s "$SASL_PASSWORD_FILE" ]] && return 0
+    mkdir -p "$USERS_DIR"
+    chmod 700 "$USERS_DIR"
+    local password=""
+    while (( ${#password} < 24 )); do
+        password+="$(head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')"
+    done
+    (umask 077 && printf '%s\n' "${password:0:24}" >"$SASL_PASSWORD_FILE.tmp")
+    mv "$SASL_PASSWORD_FILE.tmp" "$SASL_PASSWORD_FILE"
+    log "generated the password of SASL user $SASL_USER in $SASL_PASSWORD_FILE"
+}
+
+# A data dir formatted before the secure listener existed has no SCRAM credential: add it
+# through the PLAINTEXT listener (the admin API; the broker must be ready). Recorded per
+# cluster id, so it happens once per data dir.
+ensure_scram_user() {
+    local id
+    id="$(cat "$STATE/cluster.id" 2>/dev/null || echo unknown)"
+    [[ -f "$SCRAM_MARKER" && "$(cat "$SCRAM_MARKER")" == "$id" ]] && return 0
+    if ! java -Xmx128m "${LOG4J_OPTS[@]}" -cp "$LIBS/*" kafka.admin.ConfigCommand \
+        --bootstrap-server "$BOOTSTRAP" --alter --entity-type users --entity-name "$SASL_USER" \
+        --add-config "SCRAM-SHA-512=[password=$(<"$SASL_PASSWORD_FILE")]" \
+        >"$LOGS/scram.log" 2>&1; then
+        cat "$LOGS/scram.log" >&2
+        die "could not add the SCRAM-SHA-512 credential of $SASL_USER"
+    fi
+    echo "$id" >"$SCRAM_MARKER"
+    log "added the SCRAM-SHA-512 credential of $SASL_USER"
 }
 
 new_cluster_id() {
@@ -216,11 +342,14 @@ format_once() {
     id="$(new_cluster_id)"
     echo "$id" >"$STATE/cluster.id"
     if ! java -Xmx256m "${LOG4J_OPTS[@]}" -cp "$LIBS/*" kafka.tools.StorageTool format \
-        --cluster-id="$id" -c "$PROPS" >"$LOGS/format.log" 2>&1; then
+        --cluster-id="$id" -c "$PROPS" \
+        --add-scram "SCRAM-SHA-512=[name=$SASL_USER,password=$(<"$SASL_PASSWORD_FILE")]" \
+        >"$LOGS/format.log" 2>&1; then
         cat "$LOGS/format.log" >&2
         die "formatting $DATA failed"
     fi
-    log "formatted $DATA (cluster id $id)"
+    echo "$id" >"$SCRAM_MARKER"
+    log "formatted $DATA (cluster id $id, SCRAM-SHA-512 user $SASL_USER)"
 }
 
 # Waits for a metadata answer; prefers the project's virtualenv (no JVM start-up cost),
@@ -276,6 +405,9 @@ cmd_start() {
         fi
         if port_open "$PORT"; then
             log "already running (pid $pid, $BOOTSTRAP)"
+            if [[ -z "$(running_sasl_port)" ]]; then
+                log "it was started without the SASL_SSL listener; run $0 restart to add it"
+            fi
             return 0
         fi
         log "pid $pid is starting; waiting for it"
@@ -288,7 +420,12 @@ cmd_start() {
         if port_open "$CONTROLLER_PORT"; then
             die "controller port $CONTROLLER_PORT is in use by another process"
         fi
+        if port_open "$SASL_PORT"; then
+            die "SASL_SSL port $SASL_PORT is in use by another process"
+        fi
         mkdir -p "$STATE" "$LOGS"
+        ensure_password
+        ensure_tls
         render_properties
         format_once
 
@@ -336,6 +473,9 @@ cmd_start() {
         esac
     fi
     cds_drop_if_refused
+    if [[ -n "$(running_sasl_port)" ]]; then
+        ensure_scram_user
+    fi
     if grep -q 'NOP) logger' "$LOGS/stdout.log" 2>/dev/null; then
         log "WARNING: slf4j found no binding; the broker is not logging (see infra/kafka/pom.xml)" >&2
     fi
@@ -369,11 +509,44 @@ cmd_status() {
         port_open "$PORT" && answering="yes"
         printf 'kafka: running\n  pid: %s\n  bootstrap: %s (accepting connections: %s)\n' \
             "$pid" "$BOOTSTRAP" "$answering"
-        printf '  controller: 127.0.0.1:%s\n  rss_mib: %s\n  data: %s\n  logs: %s\n' \
-            "$CONTROLLER_PORT" "$(rss_mib "$pid")" "$DATA" "$LOGS"
+        printf '  controller: 127.0.0.1:%s\n' "$CONTROLLER_PORT"
+        local sasl_port
+        sasl_port="$(running_sasl_port)"
+        if [[ -n "$sasl_port" ]]; then
+            answering="no"
+            port_open "$sasl_port" && answering="yes"
+            printf '  secure: SASL_SSL 127.0.0.1:%s (SCRAM-SHA-512, PLAIN; accepting connections: %s)\n' \
+                "$sasl_port" "$answering"
+            printf '    ca: %s\n    user: %s (password in %s)\n    client settings: %s\n' \
+                "$TLS_DIR/ca.pem" "$SASL_USER" "$SASL_PASSWORD_FILE" "$CLIENT_ENV"
+        else
+            printf '  secure: none (started without the SASL_SSL listener; restart to add it)\n'
+        fi
+        printf '  rss_mib: %s\n  data: %s\n  logs: %s\n' "$(rss_mib "$pid")" "$DATA" "$LOGS"
     else
-        printf 'kafka: stopped\n  bootstrap: %s\n  data: %s\n' "$BOOTSTRAP" "$DATA"
+        printf 'kafka: stopped\n  bootstrap: %s\n  secure: SASL_SSL 127.0.0.1:%s\n  data: %s\n' \
+            "$BOOTSTRAP" "$SASL_PORT" "$DATA"
     fi
+}
+
+cmd_tools() {
+    if command -v kcat >/dev/null || command -v kafkacat >/dev/null; then
+        return 0
+    fi
+    command -v apt-get >/dev/null || die "no kcat on PATH and no apt-get to install it"
+    local sudo=""
+    if [[ "$(id -u)" != 0 ]]; then
+        command -v sudo >/dev/null || die "installing kcat needs root (or sudo)"
+        sudo="sudo"
+    fi
+    log "installing Debian's kcat (apt-get, once)"
+    export DEBIAN_FRONTEND=noninteractive
+    # A stale (or never fetched) package index makes the install fail: refresh, retry.
+    if ! $sudo apt-get install -y -q --no-install-recommends kcat >/dev/null 2>&1; then
+        $sudo apt-get update -qq
+        $sudo apt-get install -y -q --no-install-recommends kcat >/dev/null
+    fi
+    command -v kcat >/dev/null || die "apt-get finished but no kcat is on PATH"
 }
 
 cmd_reset() {
@@ -400,6 +573,7 @@ main() {
         restart) with_lock cmd_stop && cmd_start ;;
         status) cmd_status ;;
         reset) with_lock cmd_reset ;;
+        tools) cmd_tools ;;
         *)
             sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
             exit 64

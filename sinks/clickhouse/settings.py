@@ -2,19 +2,50 @@
 
 from __future__ import annotations
 
-from pydantic import SecretStr
+from pathlib import Path
+
+from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["ClickHouseSettings"]
 
 
 class ClickHouseSettings(BaseSettings):
-    """How to reach the ClickHouse server (``IMGOV_CLICKHOUSE_*``)."""
+    """How to reach the ClickHouse server (``IMGOV_CLICKHOUSE_*``).
 
-    model_config = SettingsConfigDict(env_prefix="IMGOV_CLICKHOUSE_", extra="ignore")
+    The password comes from ``IMGOV_CLICKHOUSE_PASSWORD_FILE`` (read once, when the
+    settings load; a trailing newline is dropped) or ``IMGOV_CLICKHOUSE_PASSWORD``, never
+    from a command-line option. Every command that reads the audit tables (``imgov
+    status``, ``audit``, ``report``, ``kpi``, ``db``) and the worker's writer use these
+    settings, so the same two variables serve the writer and the compliance user.
+    """
+
+    # An empty variable means unset (IMGOV_CLICKHOUSE_PASSWORD_FILE= is not ".").
+    model_config = SettingsConfigDict(
+        env_prefix="IMGOV_CLICKHOUSE_", extra="ignore", env_ignore_empty=True
+    )
 
     host: str = "127.0.0.1"
     port: int = 19000
     user: str = "imgov"
     password: SecretStr = SecretStr("imgov")
+    password_file: Path | None = None
     database: str = "imgov"
+
+    @model_validator(mode="after")
+    def _password_from_file(self) -> ClickHouseSettings:
+        if self.password_file is None:
+            return self
+        try:
+            text = self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise ValueError(
+                f"IMGOV_CLICKHOUSE_PASSWORD_FILE: cannot read {self.password_file}: {exc}"
+            ) from exc
+        # Settings validated again from their own dump carry both, equal: not a conflict.
+        if "password" in self.model_fields_set and self.password.get_secret_value() != text:
+            raise ValueError(
+                "set IMGOV_CLICKHOUSE_PASSWORD or IMGOV_CLICKHOUSE_PASSWORD_FILE, not both"
+            )
+        self.password = SecretStr(text)
+        return self

@@ -92,7 +92,7 @@ def alerts_command(
     served with the bridge's other metrics at http://HOST:PORT/metrics.
 
     Settings from the environment: IMGOV_ALERTS_ALERTMANAGER_URL (the Alertmanager URL),
-    IMGOV_KAFKA_BOOTSTRAP, the worker's IMGOV_WORKER_TOPIC_NAMESPACE (the default
+    IMGOV_KAFKA_* (bootstrap, TLS, SASL), the worker's IMGOV_WORKER_TOPIC_NAMESPACE (the default
     namespace) and IMGOV_WORKER_APP_ID (the default groups: that id, and the same with
     -kpi appended).
     """
@@ -101,6 +101,7 @@ def alerts_command(
     from schemas.codec import Codec
     from schemas.errors import ImgovError
     from schemas.registry import registry_from_environ
+    from streams.kafka_security import check_login_blocking
     from streams.metrics import BridgeMetrics, serve_metrics
     from streams.runtime.alerts import (
         AlertmanagerClient,
@@ -109,7 +110,7 @@ def alerts_command(
         parse_link_base,
     )
     from streams.runtime.group_lag import GroupLagPoller, default_groups
-    from streams.runtime.settings import KafkaSettings, WorkerSettings
+    from streams.runtime.settings import WorkerSettings, load_kafka_settings
     from streams.topics import WorkerTopics
 
     level = log_level.upper()
@@ -124,11 +125,18 @@ def alerts_command(
         raise typer.Exit(2) from exc
     try:
         worker = WorkerSettings()
-        bootstrap = bootstrap or KafkaSettings().bootstrap
+        kafka = load_kafka_settings(bootstrap=bootstrap)
+        bootstrap, security = kafka.bootstrap, kafka.security()
         codec = Codec(registry_from_environ(os.environ))
     except (ValidationError, ImgovError) as exc:
         typer.echo(f"imgov alerts: invalid settings: {exc}", err=True)
         raise typer.Exit(2) from exc
+    try:
+        # A refused login would otherwise be retried quietly for ever (see below).
+        check_login_blocking(bootstrap, security)
+    except ImgovError as exc:
+        typer.echo(f"imgov alerts: {exc}", err=True)
+        raise typer.Exit(1) from exc
     topic = WorkerTopics.with_namespace(
         worker.topic_namespace if namespace is None else namespace
     ).breach
@@ -156,7 +164,7 @@ def alerts_command(
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    poller = GroupLagPoller(bootstrap, groups, metrics)
+    poller = GroupLagPoller(bootstrap, groups, metrics, security=security)
     lag_thread = threading.Thread(
         target=poller.run, args=(stop, lag_interval_s), name="imgov-group-lag", daemon=True
     )
@@ -167,6 +175,7 @@ def alerts_command(
         poster=client.post,
         codec=codec,
         metrics=metrics,
+        security=security,
     )
     log.info(
         "breaches from %s at %s to %s; lag of %s every %g s",

@@ -30,6 +30,8 @@ from streams.gateway.settings import GatewaySettings
 if TYPE_CHECKING:
     from sinks.base import Sink
     from streams.gateway.delivery import Delivery
+    from streams.kafka_security import KafkaSecurity
+    from streams.runtime.settings import KafkaSettings
 
 __all__ = ["gateway_command", "run_gateway"]
 
@@ -49,8 +51,11 @@ async def run_gateway(
     bootstrap: str,
     namespace: str,
     stop: asyncio.Event,
+    security: KafkaSecurity | None = None,
 ) -> bool:
     """Runs every enabled listener until ``stop`` is set, then stops them in order.
+
+    The Kafka producer uses the TLS and SASL of ``security`` (PLAINTEXT when omitted).
 
     Returns:
         True when every message in flight at the stop was answered in time.
@@ -106,6 +111,7 @@ async def run_gateway(
             topics,
             timeout_s=settings.delivery_timeout_s,
             rejected=rejected,
+            security=security,
         )
     except BaseException:
         if server is not None:
@@ -213,7 +219,7 @@ def gateway_command(
     SIGINT/SIGTERM.
 
     Settings: IMGOV_GATEWAY_* (host, listeners and their ports, limits, shutdown
-    timeout), IMGOV_KAFKA_BOOTSTRAP, the worker's topic namespace
+    timeout), IMGOV_KAFKA_* (bootstrap, TLS, SASL), the worker's topic namespace
     (IMGOV_WORKER_TOPIC_NAMESPACE) unless IMGOV_GATEWAY_TOPIC_NAMESPACE is set, and
     IMGOV_CLICKHOUSE_* when IMGOV_GATEWAY_REJECTED_TO_CLICKHOUSE is true. An ACK AA
     is sent only once the events are on Kafka (a FHIR 201, a C-STORE success likewise).
@@ -223,7 +229,7 @@ def gateway_command(
     from streams.gateway.dicom_sr import load_dicom_sr_mapping
     from streams.gateway.fhir import load_fhir_mapping
     from streams.gateway.hl7 import load_hl7_mapping
-    from streams.runtime.settings import KafkaSettings, load_worker_settings
+    from streams.runtime.settings import load_kafka_settings, load_worker_settings
 
     try:
         settings = GatewaySettings()
@@ -236,7 +242,8 @@ def gateway_command(
         namespace = settings.topic_namespace
         if namespace is None:
             namespace = load_worker_settings().topic_namespace
-        bootstrap = KafkaSettings().bootstrap
+        kafka = load_kafka_settings()
+        bootstrap = kafka.bootstrap
         load_hl7_mapping(settings.hl7_mapping)
         load_fhir_mapping(settings.fhir_mapping)
         load_dicom_sr_mapping(settings.dicom_sr_mapping)
@@ -245,7 +252,11 @@ def gateway_command(
         raise typer.Exit(2) from exc
     if check:
         shown = settings.model_dump(mode="json")
-        shown.update(kafka_bootstrap=bootstrap, resolved_topic_namespace=namespace)
+        shown.update(
+            kafka_bootstrap=bootstrap,
+            kafka_security=kafka.security().describe(),
+            resolved_topic_namespace=namespace,
+        )
         typer.echo(json.dumps(shown, indent=2))
         return
     logging.basicConfig(
@@ -253,7 +264,7 @@ def gateway_command(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        finished = asyncio.run(_until_signalled(settings, bootstrap, namespace))
+        finished = asyncio.run(_until_signalled(settings, kafka, namespace))
     except (ImgovError, OSError) as exc:
         typer.echo(f"imgov gateway: {exc}", err=True)
         raise typer.Exit(1) from exc
@@ -261,13 +272,13 @@ def gateway_command(
         raise typer.Exit(1)
 
 
-async def _until_signalled(settings: GatewaySettings, bootstrap: str, namespace: str) -> bool:
+async def _until_signalled(settings: GatewaySettings, kafka: KafkaSettings, namespace: str) -> bool:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, _on_signal, stop, signum)
     try:
-        return await run_gateway(settings, bootstrap, namespace, stop)
+        return await run_gateway(settings, kafka.bootstrap, namespace, stop, kafka.security())
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from schemas.errors import ImgovError
@@ -35,7 +36,10 @@ DatabaseOption = Annotated[
 BootstrapOption = Annotated[
     str | None,
     typer.Option(
-        help="host:port of the broker [default: $IMGOV_KAFKA_BOOTSTRAP or 127.0.0.1:19092]",
+        help=(
+            "host:port of the broker [default: $IMGOV_KAFKA_BOOTSTRAP or 127.0.0.1:19092];"
+            " TLS and SASL come from IMGOV_KAFKA_* (environment and files) only"
+        ),
         show_default=False,
     ),
 ]
@@ -51,7 +55,12 @@ def open_backend(
 
     An error opening or using it is printed and ends the command with exit code 1.
     """
-    settings = ClickHouseSettings()
+    try:
+        settings = ClickHouseSettings()
+    except ValidationError as exc:
+        problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        _err.print(f"[red]error:[/] invalid ClickHouse settings: {problems}")
+        raise typer.Exit(1) from exc
     database = database or settings.database
     try:
         backend: QueryBackend = (

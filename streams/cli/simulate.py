@@ -27,6 +27,7 @@ from schemas.codec import Codec
 from schemas.events import AlertChannel, Event, EventType
 from schemas.registry import registry_from_environ
 from schemas.units import DAY_MS
+from streams.runtime.settings import KafkaConfigError, load_kafka_settings
 from streams.simulate.config import DriftKind, SimulationConfig
 from streams.simulate.output import OUTPUT_SUFFIXES, NativeFormat, write_events, write_truth
 from streams.simulate.overrides import ConfigError, Overrides, build_config, parse_assignments
@@ -83,7 +84,12 @@ def simulate(
         ),
     ] = None,
     bootstrap: Annotated[
-        str | None, _option("Produce to Kafka at HOST:PORT (Confluent-framed Avro).", _OUTPUT)
+        str | None,
+        _option(
+            "Produce to Kafka at HOST:PORT (Confluent-framed Avro); TLS and SASL from"
+            " IMGOV_KAFKA_* (environment and files).",
+            _OUTPUT,
+        ),
     ] = None,
     rate: Annotated[
         float | None,
@@ -261,7 +267,7 @@ def simulate(
         began = time.perf_counter()
         try:
             asyncio.run(_produce(bootstrap, events, rate, console))
-        except ProduceError as exc:
+        except (ProduceError, KafkaConfigError) as exc:
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(1) from exc
         produced_s = time.perf_counter() - began
@@ -277,6 +283,7 @@ def _default_encoder() -> Encoder:
 async def _produce(
     bootstrap: str, events: list[Event], rate: float | None, console: Console
 ) -> None:
+    security = load_kafka_settings(bootstrap=bootstrap).security()
     encode = _default_encoder()
     columns = (
         TextColumn("producing"),
@@ -297,7 +304,9 @@ async def _produce(
             speed = f"{done / elapsed:,.0f} ev/s" if elapsed > 0 else ""
             progress.update(task, advance=count, speed=speed)
 
-        await produce_to_kafka(bootstrap, events, encode, rate=rate, on_progress=advance)
+        await produce_to_kafka(
+            bootstrap, events, encode, rate=rate, on_progress=advance, security=security
+        )
 
 
 def _summary(

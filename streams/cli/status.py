@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -28,7 +29,7 @@ from schemas.errors import ImgovError
 from schemas.units import HOUR_MS, MISSING, format_duration, format_minute, utc
 from sinks.clickhouse.settings import ClickHouseSettings
 from streams.cli.options import BootstrapOption, DatabaseOption
-from streams.runtime.settings import KafkaSettings, load_worker_settings
+from streams.runtime.settings import load_kafka_settings, load_worker_settings
 from streams.runtime.status import (
     DEAD_LETTER_WINDOW_MS,
     AuditStatus,
@@ -405,25 +406,27 @@ def status_command(
         raise typer.Exit(2)
     try:
         worker = load_worker_settings(config)
-    except ImgovError as exc:
+        kafka = load_kafka_settings(bootstrap=bootstrap)
+        clickhouse = ClickHouseSettings()
+    except (ImgovError, ValidationError) as exc:
         typer.echo(f"imgov status: {exc}", err=True)
         raise typer.Exit(2) from exc
     # Every failure is drawn with its reason; the clients' own log records (a warning
     # with a traceback per refused connection) would only bury the screen.
     for client in ("clickhouse_driver", "kafka"):
         logging.getLogger(client).setLevel(logging.CRITICAL)
-    clickhouse = ClickHouseSettings()
     if database:
         clickhouse = clickhouse.model_copy(update={"database": database})
     kpi_group = worker.app_id + KPI_GROUP_SUFFIX
     request = StatusRequest(
-        bootstrap=bootstrap or KafkaSettings().bootstrap,
+        bootstrap=kafka.bootstrap,
         groups=tuple(groups) if groups else (worker.app_id, kpi_group),
         optional_groups=frozenset() if groups else frozenset({kpi_group}),
         namespace=worker.topic_namespace if namespace is None else namespace,
         metrics_urls=() if no_metrics else tuple(metrics or (DEFAULT_METRICS_URL,)),
         clickhouse=clickhouse,
         timeout_s=timeout_s,
+        security=kafka.security(),
     )
     status = gather_status(request)
     if as_json:

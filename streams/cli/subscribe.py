@@ -20,11 +20,13 @@ from typing import Annotated, Any
 import typer
 
 from schemas.codec import Codec
+from schemas.errors import ImgovError
 from schemas.records import Breach, KpiValue
 from schemas.registry import registry_from_environ
 from streams.cli.options import BootstrapOption
+from streams.kafka_security import check_login_blocking
 from streams.runtime.outputs import MESSAGE_ID_HEADER
-from streams.runtime.settings import KafkaSettings
+from streams.runtime.settings import load_kafka_settings
 from streams.topics import WorkerTopics
 
 __all__ = ["SeenIds", "subscribe_command"]
@@ -95,9 +97,16 @@ def subscribe_command(
     topic, record_type = (
         (topics.breach, Breach) if stream is Stream.BREACHES else (topics.kpi, KpiValue)
     )
+    try:
+        kafka = load_kafka_settings(bootstrap=bootstrap)
+        check_login_blocking(kafka.bootstrap, kafka.security())
+    except ImgovError as exc:
+        typer.echo(f"imgov subscribe: {exc}", err=True)
+        raise typer.Exit(2) from exc
     consumer = KafkaConsumer(
         topic,
-        bootstrap_servers=bootstrap or KafkaSettings().bootstrap,
+        bootstrap_servers=kafka.bootstrap,
+        **kafka.security().client_options(),
         auto_offset_reset="earliest" if from_beginning else "latest",
         enable_auto_commit=False,
         consumer_timeout_ms=int(idle_timeout_s * 1000) if idle_timeout_s else float("inf"),

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from streams.cli.options import BootstrapOption
-from streams.runtime.settings import KafkaSettings
+from streams.runtime.settings import KafkaConfigError, load_kafka_settings
 from streams.runtime.topic_admin import (
     CreationStatus,
     TopicAdminError,
@@ -83,11 +83,20 @@ def create(
     when an existing topic has a different partition count from the file's.
     """
     console = Console()
-    address = bootstrap or KafkaSettings().bootstrap
+    try:
+        kafka = load_kafka_settings(bootstrap=bootstrap)
+    except KafkaConfigError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    address = kafka.bootstrap
     try:
         specs = load_topics(file)
         results = create_topics(
-            address, specs, replication_factor=replication_factor, timeout_ms=timeout_ms
+            address,
+            specs,
+            replication_factor=replication_factor,
+            timeout_ms=timeout_ms,
+            security=kafka.security(),
         )
     except TopicAdminError as exc:
         if exc.results:

@@ -34,7 +34,7 @@ def worker_command(
     """Run a worker of the live pipeline until SIGINT/SIGTERM.
 
     Settings: IMGOV_WORKER_* (app id, topic namespace, state directory, batch size,
-    idle close, web server), IMGOV_KAFKA_BOOTSTRAP, IMGOV_CLICKHOUSE_*, and the
+    idle close, web server), IMGOV_KAFKA_* (bootstrap, TLS, SASL), IMGOV_CLICKHOUSE_*, and the
     governance settings (IMGOV_PSEUDONYM_KEY...). Start more workers with the same
     IMGOV_WORKER_APP_ID (and their own IMGOV_WORKER_DATADIR) to scale out.
     """

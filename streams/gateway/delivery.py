@@ -33,6 +33,7 @@ from schemas.errors import ImgovError
 from schemas.events import Event, EventType
 from schemas.records import DeadLetter
 from sinks.base import Sink
+from streams.kafka_security import KafkaLoginError, KafkaSecurity, check_login
 from streams.topics import WorkerTopics
 
 __all__ = [
@@ -146,15 +147,22 @@ class KafkaDelivery:
         timeout_s: float = 30.0,
         rejected: Sink | None = None,
         client_id: str = "imgov-gateway",
+        security: KafkaSecurity | None = None,
     ) -> KafkaDelivery:
-        """Starts an idempotent aiokafka producer (acks=all) on ``bootstrap``.
+        """Starts an idempotent aiokafka producer (acks=all) on ``bootstrap``, with the
+        TLS and SASL of ``security`` (PLAINTEXT when omitted).
 
         Raises:
-            DeliveryError: Kafka cannot be reached.
+            DeliveryError: Kafka cannot be reached, or refused the login (named).
         """
         from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
         from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
+        security = security or KafkaSecurity()
+        try:
+            await check_login(bootstrap, security, timeout_s)
+        except KafkaLoginError as exc:
+            raise DeliveryError(str(exc)) from exc
         producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
             client_id=client_id,
@@ -162,6 +170,7 @@ class KafkaDelivery:
             enable_idempotence=True,
             linger_ms=2,
             request_timeout_ms=int(timeout_s * 1000),
+            **security.client_options(),
         )
         try:
             await producer.start()

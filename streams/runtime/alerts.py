@@ -64,6 +64,7 @@ from schemas.errors import DecodeError, ImgovError, RegistryUnavailableError
 from schemas.records import Breach, BreachState
 from schemas.units import format_utc
 from sinks.query import substitute_params
+from streams.kafka_security import KafkaSecurity
 from streams.runtime.group_lag import brokers_reachable
 
 if TYPE_CHECKING:
@@ -455,6 +456,7 @@ class BreachAlertBridge:
         codec: decodes the Breach records.
         metrics: the bridge's metrics.
         clock_ms: wall clock, Unix milliseconds.
+        security: TLS and SASL of the consumer (PLAINTEXT when omitted).
     """
 
     POLL_TIMEOUT_MS = 500
@@ -471,8 +473,10 @@ class BreachAlertBridge:
         codec: Codec,
         metrics: BridgeMetrics,
         clock_ms: Callable[[], int] = _wall_clock_ms,
+        security: KafkaSecurity | None = None,
     ) -> None:
         self._bootstrap = bootstrap
+        self._security = security or KafkaSecurity()
         self._topic = topic
         self._book = book
         self._post = poster
@@ -531,6 +535,7 @@ class BreachAlertBridge:
                     enable_auto_commit=False,
                     auto_offset_reset="earliest",
                     bootstrap_timeout_ms=5_000,
+                    **self._security.client_options(),
                 )
             partitions = self._consumer.partitions_for_topic(self._topic)
             if not partitions:

@@ -28,6 +28,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 from kafka.errors import BrokerResponseError
 
+from streams.kafka_security import KafkaSecurity
 from streams.topics import KPI_GROUP_SUFFIX
 
 if TYPE_CHECKING:
@@ -124,6 +125,7 @@ class GroupLagPoller:
         timeout_ms: bound on each request (a broker that is down costs this per poll).
         connect: opens ``(admin, consumer)``: kafka-python's ``KafkaAdminClient`` and
             ``KafkaConsumer`` unless given (tests give stand-ins).
+        security: TLS and SASL of those clients (PLAINTEXT when omitted).
     """
 
     def __init__(
@@ -133,8 +135,10 @@ class GroupLagPoller:
         metrics: BridgeMetrics,
         timeout_ms: int = 5_000,
         connect: Callable[[], tuple[Any, Any]] | None = None,
+        security: KafkaSecurity | None = None,
     ) -> None:
         self._bootstrap = bootstrap
+        self._security = security or KafkaSecurity()
         self._groups = tuple(dict.fromkeys(groups))
         self._metrics = metrics
         self._timeout_ms = timeout_ms
@@ -152,6 +156,7 @@ class GroupLagPoller:
             "client_id": "imgov-alerts-lag",
             "request_timeout_ms": self._timeout_ms,
             "bootstrap_timeout_ms": self._timeout_ms,
+            **self._security.client_options(),
         }
         admin = KafkaAdminClient(**common)
         try:

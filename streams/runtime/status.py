@@ -34,6 +34,7 @@ from schemas.units import HOUR_MS
 from sinks.clickhouse.settings import ClickHouseSettings
 from sinks.query import ClickHouseBackend, QueryBackend, QueryError
 from streams.governance import wall_clock_ms
+from streams.kafka_security import KafkaLoginError, KafkaSecurity, check_login_blocking
 from streams.topics import KPI_GROUP_SUFFIX, WorkerTopics
 
 __all__ = [
@@ -316,6 +317,7 @@ class StatusRequest:
         metrics_urls: the workers' metrics endpoints.
         clickhouse: the audit database.
         timeout_s: how long each source may take to answer.
+        security: TLS and SASL of the Kafka clients.
     """
 
     bootstrap: str
@@ -325,6 +327,7 @@ class StatusRequest:
     metrics_urls: tuple[str, ...] = ()
     clickhouse: ClickHouseSettings = field(default_factory=ClickHouseSettings)
     timeout_s: float = 5.0
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
 
 def gather_status(
@@ -343,6 +346,7 @@ def gather_status(
             request.groups,
             _expected_topics(request.groups, request.namespace),
             timeout_s=request.timeout_s,
+            security=request.security,
         )
         audit = pool.submit(read_audit, request.clickhouse, now_ms, timeout_s=request.timeout_s)
         readings = [
@@ -384,12 +388,15 @@ def read_groups(
     expected_topics: Mapping[str, Sequence[str]],
     *,
     timeout_s: float = 5.0,
+    security: KafkaSecurity | None = None,
 ) -> tuple[list[GroupStatus], list[Unreachable]]:
     """Describes ``group_ids`` and their lag, as the brokers know them.
 
     Args:
         expected_topics: per group, topics to show even where it committed nothing
             (skipped when they do not exist).
+        security: TLS and SASL of the clients (PLAINTEXT when omitted); a refused
+            login is reported as such rather than as a timeout.
 
     Returns:
         The groups that could be read, in order, and what went wrong (one entry when
@@ -398,9 +405,15 @@ def read_groups(
     from kafka import KafkaConsumer
     from kafka.admin import KafkaAdminClient
 
+    security = security or KafkaSecurity()
+    try:
+        check_login_blocking(bootstrap, security, timeout_s)
+    except KafkaLoginError as exc:
+        return [], [Unreachable("kafka", bootstrap, str(exc))]
     timeouts = {
         "bootstrap_timeout_ms": int(timeout_s * 1000),
         "request_timeout_ms": int(timeout_s * 1000),
+        **security.client_options(),
     }
     admin: Any = None
     consumer: Any = None

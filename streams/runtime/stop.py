@@ -129,7 +129,9 @@ class GracefulStop:
 
         try:
             admin = KafkaAdminClient(
-                bootstrap_servers=self._kafka.bootstrap, request_timeout_ms=5_000
+                bootstrap_servers=self._kafka.bootstrap,
+                request_timeout_ms=5_000,
+                **self._kafka.security().client_options(),
             )
             try:
                 admin.remove_group_members(

@@ -10,7 +10,8 @@ Exceptions::
     └── TopicsError            anything about topics
         ├── TopicsFileError    topics.toml is missing, not TOML, or breaks a rule
         │                      (e.g. the three inputs differ in partition count)
-        └── TopicAdminError    the broker could not be reached or refused a topic;
+        └── TopicAdminError    the broker could not be reached, refused the login
+                               (TLS/SASL, named as such) or refused a topic;
                                ``results`` holds what was done before the failure
 """
 
@@ -26,6 +27,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from schemas.errors import ImgovError
+from streams.kafka_security import KafkaLoginError, KafkaSecurity, check_login_blocking
 from streams.paths import REPO_ROOT
 from streams.topics import ALL_TOPICS, INPUT_TOPICS
 
@@ -246,6 +248,7 @@ def create_topics(
     replication_factor: int | None = None,
     timeout_ms: int = 30_000,
     admin: TopicAdmin | None = None,
+    security: KafkaSecurity | None = None,
 ) -> list[TopicCreation]:
     """Creates the topics that do not exist yet; existing topics are left untouched.
 
@@ -258,12 +261,14 @@ def create_topics(
         replication_factor: overrides the file's value for every topic (a real cluster).
         timeout_ms: broker-side creation timeout, and the wait for leaders.
         admin: an already-open admin client (tests); one is opened and closed otherwise.
+        security: TLS and SASL of the connection (``KafkaSettings.security()``);
+            PLAINTEXT when omitted.
 
     Returns:
         One TopicCreation per topic, in the given order.
 
     Raises:
-        TopicAdminError: the broker is unreachable, or refused a topic (then
+        TopicAdminError: the broker is unreachable, refused the login, or refused a topic (then
             ``results`` holds the outcome of every topic, the refusals included).
         TopicsFileError: ``topics`` was omitted and the default file is invalid.
     """
@@ -272,25 +277,30 @@ def create_topics(
     specs = list(topics.topics if isinstance(topics, TopicsFile) else topics)
     if admin is not None:
         return _create_with(admin, specs, replication_factor, timeout_ms)
-    client = _open_admin(bootstrap, timeout_ms)
+    client = _open_admin(bootstrap, timeout_ms, security or KafkaSecurity())
     try:
         return _create_with(client, specs, replication_factor, timeout_ms)
     finally:
         client.close()
 
 
-def _open_admin(bootstrap: str, timeout_ms: int) -> TopicAdmin:
+def _open_admin(bootstrap: str, timeout_ms: int, security: KafkaSecurity) -> TopicAdmin:
     # kafka-python is imported where it is used: the topic names and the file loader
     # (imported by the CLI, the simulator and the replay driver) do not need it.
     from kafka.admin import KafkaAdminClient
     from kafka.errors import KafkaError
 
     try:
+        check_login_blocking(bootstrap, security, timeout_s=min(timeout_ms, 10_000) / 1000)
+    except KafkaLoginError as exc:
+        raise TopicAdminError(str(exc)) from exc
+    try:
         client: TopicAdmin = KafkaAdminClient(
             bootstrap_servers=bootstrap,
             client_id="imgov-topics",
             request_timeout_ms=timeout_ms,
             bootstrap_timeout_ms=min(timeout_ms, 10_000),
+            **security.client_options(),
         )
     except KafkaError as exc:
         raise TopicAdminError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc

@@ -19,6 +19,7 @@ from typing import Protocol
 
 from schemas.errors import ImgovError
 from schemas.events import Event, EventType
+from streams.kafka_security import KafkaLoginError, KafkaSecurity, check_login
 from streams.topics import ALERT_TOPIC, INFERENCE_TOPIC, REPORT_TOPIC
 
 __all__ = [
@@ -122,15 +123,24 @@ async def produce_to_kafka(
     *,
     rate: float | None = None,
     on_progress: Callable[[int], None] | None = None,
+    security: KafkaSecurity | None = None,
 ) -> int:
     """Opens an idempotent aiokafka producer on ``bootstrap`` and runs ``produce``.
 
+    The producer uses the TLS and SASL of ``security`` (PLAINTEXT when omitted).
+
     Raises:
-        ProduceError: Kafka is unreachable or refused a message.
+        ProduceError: Kafka is unreachable, refused the login (named), or refused a
+            message.
     """
     from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
     from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
+    security = security or KafkaSecurity()
+    try:
+        await check_login(bootstrap, security)
+    except KafkaLoginError as exc:
+        raise ProduceError(str(exc)) from exc
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         client_id="imgov-simulate",
@@ -138,6 +148,7 @@ async def produce_to_kafka(
         enable_idempotence=True,
         linger_ms=5,
         max_batch_size=256 * 1024,
+        **security.client_options(),
     )
     try:
         await producer.start()

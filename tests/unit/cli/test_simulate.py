@@ -13,6 +13,7 @@ from schemas.events import AlertChannel, AlertEvent, Event, InferenceEvent, Repo
 from schemas.files import read_events
 from streams.cli import simulate as simulate_cli
 from streams.cli.main import app
+from streams.kafka_security import KafkaSecurity
 from streams.simulate.config import DEFAULT_START_MS, DriftKind
 from streams.simulate.overrides import ConfigError, Overrides, build_config, parse_start_ms
 from streams.simulate.producer import Encoder
@@ -109,8 +110,10 @@ def test_cli_produces_with_the_codec_and_rate(monkeypatch: pytest.MonkeyPatch) -
         *,
         rate: float | None = None,
         on_progress: Callable[[int], None] | None = None,
+        security: KafkaSecurity | None = None,
     ) -> int:
         assert encode(events[0])[0] == 0  # Confluent magic byte
+        assert security is not None and security.protocol == "PLAINTEXT"  # IMGOV_KAFKA_*
         if on_progress is not None:
             on_progress(len(events))
         calls.append((bootstrap, len(events), rate))
