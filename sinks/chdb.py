@@ -29,6 +29,11 @@ chDB quirks (4.4 / ClickHouse 26.x):
 * one data directory may be open in ONE process at a time (a lock file);
 * several connections to the same directory in one process are fine: ``backend``
   shares this sink's connection for queries.
+
+A batch refused for some of its values (a value its Arrow column cannot take, or one
+chDB refuses) is split as the server sink splits it (:mod:`sinks.refusals`): the other
+rows are written and each refused row becomes a ``SINK_REJECTED`` dead letter in
+``rejected_events``; ``rows_refused`` counts them.
 """
 
 from __future__ import annotations
@@ -47,8 +52,9 @@ from schemas.events import Event
 from sinks.base import Output, SinkError
 from sinks.clickhouse.buffer import EventCleaner, RowBuffer
 from sinks.clickhouse.migrate import migrate
-from sinks.clickhouse.rows import TABLE_COLUMNS, EventSource, Row, kpi_row
-from sinks.query import ChdbBackend, QueryError, QueryResult
+from sinks.clickhouse.rows import TABLE_COLUMNS, EventSource, Row, kpi_row, rejected_row
+from sinks.query import ChdbBackend, DataRefusedError, QueryError, QueryResult
+from sinks.refusals import REJECTED_TABLE, write_table
 
 __all__ = ["ChdbSink", "arrow_type"]
 
@@ -144,6 +150,8 @@ class ChdbSink:
         self._inflight: tuple[dict[str, list[Row]], Future[None]] | None = None
         self._closed = False
         self.rows_written = 0
+        self.rows_refused = 0
+        """Rows refused and dead-lettered to ``rejected_events`` (``sinks.refusals``)."""
 
     def _arrow_types(self, table: str) -> tuple[pa.Schema, pa.StructType]:
         # From the migrated table itself, so the DDL stays the one source of types.
@@ -263,29 +271,59 @@ class ChdbSink:
             self._buffer.restore(batch)
             raise
 
-    def _encode(self, batch: dict[str, list[Row]]) -> list[tuple[str, list[str], bytes, int]]:
+    def _encode(self, batch: dict[str, list[Row]]) -> list[_Payload]:
         payloads = []
         for table, rows in batch.items():
-            schema, row_type = self._schemas[table]
             try:
-                # Rows are tuples: one struct conversion beats transposing to columns.
-                data = _ipc_stream(pa.RecordBatch.from_struct_array(pa.array(rows, type=row_type)))
-            except (pa.ArrowException, ValueError, TypeError) as exc:
-                raise SinkError(
-                    f"cannot encode {len(rows)} rows for chDB table {table}: {exc}"
-                ) from exc
-            payloads.append((table, schema.names, data, len(rows)))
+                data: bytes | None = self._encoded(table, rows)
+            except DataRefusedError:
+                data = None  # a value Arrow cannot take: ``_write`` splits the batch
+            payloads.append((table, rows, data))
         return payloads
 
-    def _insert(self, payloads: list[tuple[str, list[str], bytes, int]]) -> None:
-        for table, columns, data, count in payloads:
-            try:
-                self._backend.insert_data(table, columns, data, "ArrowStream")
-            except QueryError as exc:
-                raise SinkError(f"chDB {self.path} rejected {count} rows: {exc}") from exc
-            # If a later table fails, the whole batch is restored and written again:
-            # rewriting the tables that succeeded is idempotent (Replacing tables).
-            self.rows_written += count
+    def _encoded(self, table: str, rows: Sequence[Row]) -> bytes:
+        row_type = self._schemas[table][1]
+        try:
+            # Rows are tuples: one struct conversion beats transposing to columns.
+            return _ipc_stream(pa.RecordBatch.from_struct_array(pa.array(rows, type=row_type)))
+        except (pa.ArrowException, ValueError, TypeError, ArithmeticError) as exc:
+            raise DataRefusedError(
+                f"cannot encode {len(rows)} rows for chDB table {table}: {exc}"
+            ) from exc
+
+    def _insert(self, payloads: list[_Payload]) -> None:
+        letters: list[Row] = []
+        try:
+            for table, rows, data in payloads:
+                letters += self._write(table, rows, data)
+            if letters:
+                self._write(REJECTED_TABLE, letters, None)
+        except QueryError as exc:
+            # The whole batch is restored and written again: rewriting the tables that
+            # succeeded is idempotent (Replacing tables).
+            count = sum(len(rows) for _, rows, _ in payloads)
+            raise SinkError(f"chDB {self.path} rejected {count} rows: {exc}") from exc
+
+    def _write(self, table: str, rows: list[Row], data: bytes | None) -> list[Row]:
+        """Writes one table's rows, splitting a refused batch; returns the
+        ``rejected_events`` rows of the dead letters of the rows refused."""
+        columns = self._schemas[table][0].names
+
+        def insert(chunk: Sequence[Row]) -> None:
+            # The whole batch was encoded on the caller's thread (``data``); a split
+            # encodes its halves here.
+            encoded = data if chunk is rows and data is not None else self._encoded(table, chunk)
+            self._backend.insert_data(table, columns, encoded, "ArrowStream")
+
+        now_ms = self._wall_clock_ms()
+        outcome = write_table(table, rows, insert, now_ms=now_ms)
+        self.rows_written += outcome.written
+        self.rows_refused += outcome.refused
+        return [rejected_row(letter, now_ms) for letter in outcome.letters]
+
+
+_Payload = tuple[str, list[Row], bytes | None]
+"""A table, its rows and their Arrow IPC stream (None: Arrow refused a value)."""
 
 
 def _ipc_stream(batch: pa.RecordBatch) -> bytes:

@@ -16,8 +16,11 @@ Exceptions::
 
     ImgovError
     └── QueryError                  the statement failed; ``code`` is ClickHouse's error code
-        └── BackendUnavailableError the server (or the chDB directory) cannot be reached
-                                    now; retrying later may succeed
+        ├── BackendUnavailableError the server (or the chDB directory) cannot be reached
+        │                           now; retrying later may succeed
+        └── DataRefusedError        a value in the rows was refused (type, range, parse):
+                                    the same rows fail again, the others would not
+                                    (:mod:`sinks.refusals` splits the batch)
 
 chDB quirks handled here: one process may have ONE chDB data directory open at a time
 (opening a second path, or ``chdb.query`` on ``:memory:``, fails until every connection
@@ -27,6 +30,7 @@ to the first is closed), and one data directory may be open in ONE process at a 
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime, time
 from enum import Enum
@@ -48,9 +52,11 @@ __all__ = [
     "BackendUnavailableError",
     "ChdbBackend",
     "ClickHouseBackend",
+    "DataRefusedError",
     "QueryBackend",
     "QueryError",
     "QueryResult",
+    "is_refusal",
     "is_transient",
     "substitute_params",
 ]
@@ -58,9 +64,39 @@ __all__ = [
 QueryResult: TypeAlias = tuple[list[str], list[tuple[Any, ...]]]
 """Column names and rows; both empty for a statement that returns nothing."""
 
-# Server error codes that mean "not now" rather than "never": memory, too many parts,
-# timeouts, a server shutting down. Everything else is the statement's fault.
-_TRANSIENT_CODES = frozenset({159, 160, 202, 209, 210, 241, 252, 394})
+# Server error codes that mean "not now" rather than "never": timeouts (159, 160, 209),
+# too many simultaneous queries (202), network (210), memory limit (241), too many parts
+# (252), table read-only (242: a replica lost ZooKeeper), no ZooKeeper (225, 999), an
+# insert whose outcome is unknown (319), a query cancelled by a shutting-down server (394).
+_TRANSIENT_CODES = frozenset({159, 160, 202, 209, 210, 225, 241, 242, 252, 319, 394, 999})
+
+# Error codes that blame a value in the rows, never the statement or the server: parse
+# errors (6, 27, 38, 41, 72), type mismatch (53), out of bound or range (69, 321),
+# conversion (70), incorrect data (117), arrays or strings too large (128, 131), array
+# sizes that differ (190), NULL in a non-Nullable column (349), a DEFAULT expression's
+# throwIf (395), a constraint (469), an unknown Enum element (691). An unknown table,
+# column, user or grant is not among them: splitting cannot help, the batch waits.
+_REFUSAL_CODES = frozenset(
+    {6, 27, 38, 41, 53, 69, 70, 72, 117, 128, 131, 190, 321, 349, 395, 469, 691}
+)
+
+# clickhouse-driver serialises rows in the client: a value its column cannot encode
+# raises one of these before anything reaches the server (e.g. TypeMismatchError for an
+# int out of range, TooLargeStringSize for a FixedString, LogicalError for an unknown
+# Enum element, UnicodeEncodeError for a lone surrogate, AttributeError for a None).
+_CLIENT_REFUSALS: tuple[type[BaseException], ...] = (
+    ch_errors.TypeMismatchError,
+    ch_errors.TooLargeStringSize,
+    ch_errors.LogicalError,
+    ch_errors.CannotParseUuidError,
+    ch_errors.CannotParseDomainError,
+    TypeError,
+    ValueError,
+    AttributeError,
+    ArithmeticError,
+    LookupError,
+    struct.error,
+)
 
 
 class QueryError(ImgovError):
@@ -79,6 +115,13 @@ class BackendUnavailableError(QueryError):
     """The server or the chDB data directory cannot be used right now."""
 
 
+class DataRefusedError(QueryError):
+    """A value in the inserted rows was refused (by the server or the client's encoder).
+
+    Inserting the same rows fails again; rows without the offending values would not.
+    """
+
+
 def is_transient(exc: BaseException) -> bool:
     """Returns whether a clickhouse-driver (or socket) error may go away on retry."""
     if isinstance(exc, ch_errors.ServerException):
@@ -93,12 +136,30 @@ def is_transient(exc: BaseException) -> bool:
     )
 
 
+def is_refusal(exc: BaseException) -> bool:
+    """Returns whether a clickhouse-driver (or encoding) error blames a value in the rows.
+
+    Only meaningful for an insert: the statement is fixed, so a parse, type or range
+    error comes from the data, and the rows without the offending values would pass.
+    """
+    if isinstance(exc, ch_errors.ServerException):
+        return exc.code in _REFUSAL_CODES
+    return isinstance(exc, _CLIENT_REFUSALS) and not is_transient(exc)
+
+
 def translate_driver_error(exc: BaseException, what: str) -> QueryError:
     """Returns the imgov exception for a clickhouse-driver failure (raise it ``from exc``)."""
     code = getattr(exc, "code", None)
     # 18.16 appends a C++ stack trace to every server error: keep the message only.
     text = " ".join(str(exc).split("Stack trace:")[0].split()) or type(exc).__name__
-    cls = BackendUnavailableError if is_transient(exc) else QueryError
+    if is_transient(exc):
+        cls: type[QueryError] = BackendUnavailableError
+    elif is_refusal(exc):
+        cls = DataRefusedError
+        if code is None:  # a Python error while encoding: name it, the text may not
+            text = f"{type(exc).__name__}: {text}"
+    else:
+        cls = QueryError
     return cls(f"{what}: {text[:1000]}", code=code if isinstance(code, int) else None)
 
 
@@ -379,8 +440,10 @@ class ChdbBackend:
                 raise
         except Exception as exc:
             where = f"chDB {self.path}/{self.database}"
-            raise QueryError(
-                f"insert into {table} failed on {where}: {_first_line(exc)}", code=_chdb_code(exc)
+            code = _chdb_code(exc)
+            cls = DataRefusedError if code in _REFUSAL_CODES else QueryError
+            raise cls(
+                f"insert into {table} failed on {where}: {_first_line(exc)}", code=code
             ) from exc
 
     def close(self) -> None:

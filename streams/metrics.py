@@ -26,6 +26,12 @@ Worker (``WorkerMetrics``)
     ``imgov_clickhouse_last_flush_timestamp_seconds{sink}``,
     ``imgov_clickhouse_errors_total{sink,kind}`` (``unavailable``, ``rejected``),
     ``imgov_sink_backpressure{sink}`` (1 while ClickHouse is down and offsets are held).
+    Poison batches (``sinks.refusals``): ``imgov_sink_poison_batches_total{table}``
+    (batches ClickHouse refused for some of their values, then split),
+    ``imgov_sink_rows_rejected_total{table}`` (rows it refused: dead-lettered as
+    ``SINK_REJECTED``, or for ``rejected_events`` escaped and written again),
+    ``imgov_sink_split_inserts_total{table}`` (inserts the splits made) and
+    ``imgov_sink_rows_unwritable_total{table}`` (dead letters not stored even escaped).
     ``imgov_open_studies``, ``imgov_kpi_state_entries{kind}``,
     ``imgov_breaches_open{severity,rule}``.
 
@@ -187,6 +193,30 @@ class WorkerMetrics:
             "imgov_sink_backpressure",
             "1 while the sink cannot write (ClickHouse down): input offsets are held.",
             ["sink"],
+            registry=r,
+        )
+        self.poison_batches = Counter(
+            "imgov_sink_poison_batches",
+            "Batches ClickHouse refused for some of their values, split to write the rest.",
+            ["table"],
+            registry=r,
+        )
+        self.rows_rejected = Counter(
+            "imgov_sink_rows_rejected",
+            "Rows ClickHouse refused (dead-lettered as SINK_REJECTED).",
+            ["table"],
+            registry=r,
+        )
+        self.split_inserts = Counter(
+            "imgov_sink_split_inserts",
+            "Inserts made to split refused batches (the refused whole included).",
+            ["table"],
+            registry=r,
+        )
+        self.rows_unwritable = Counter(
+            "imgov_sink_rows_unwritable",
+            "Dead letters rejected_events refused even escaped: only in the log.",
+            ["table"],
             registry=r,
         )
         self.open_studies = Gauge(

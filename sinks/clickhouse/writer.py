@@ -17,7 +17,13 @@ While the server is unreachable the sink backs off exponentially with jitter (fr
 ``retry_initial_s`` doubling up to ``retry_max_s``) and keeps every row. ``flush`` waits
 up to ``flush_timeout_s`` for the server and then raises ``SinkBackpressureError``;
 ``add`` raises it, without taking the record, once ``max_buffer_rows`` are waiting.
-A rejected statement (not a connection problem) raises ``SinkError``; its rows stay
+
+A batch refused for some of its values (``DataRefusedError``) is split
+(:mod:`sinks.refusals`): the other rows are written, each offending row becomes a
+``SINK_REJECTED`` dead letter written to ``rejected_events`` in the same flush (that
+table is written last), and :meth:`ClickHouseSink.take_refusals` hands the outcomes to
+the caller, which produces the letters to the dead-letter topic. Any other rejected
+statement (an unknown column, a missing grant) raises ``SinkError``; its rows stay
 buffered.
 """
 
@@ -25,17 +31,23 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from schemas.events import Event
 from sinks.base import Output, SinkBackpressureError, SinkError
 from sinks.clickhouse.buffer import EventCleaner, RowBuffer
-from sinks.clickhouse.rows import TABLE_COLUMNS, EventSource
+from sinks.clickhouse.rows import TABLE_COLUMNS, EventSource, Row
 from sinks.clickhouse.settings import ClickHouseSettings
 from sinks.query import BackendUnavailableError, ClickHouseBackend, QueryBackend, QueryError
+from sinks.refusals import DEFAULT_MAX_INSERTS, REJECTED_TABLE, TableWrite, write_table
 
 __all__ = ["ClickHouseSink"]
+
+
+_WRITE_ORDER = tuple(sorted(TABLE_COLUMNS, key=lambda table: table == REJECTED_TABLE))
+"""``rejected_events`` last: the dead letters of rows refused by the other tables join
+it in the same write."""
 
 
 def _wall_clock_ms() -> int:
@@ -53,6 +65,7 @@ class ClickHouseSink:
         retry_initial_s: first back-off after a failed write.
         retry_max_s: longest single back-off.
         flush_timeout_s: how long ``flush`` keeps retrying before giving up.
+        max_split_inserts: inserts allowed to split one refused batch of one table.
         clean_event: how input events lose their direct identifiers (default: removed).
         clock: monotonic seconds, for batch age and back-off.
         wall_clock_ms: epoch milliseconds, for ``ingested_at_ms`` / ``received_at_ms``.
@@ -70,6 +83,7 @@ class ClickHouseSink:
         retry_initial_s: float = 0.1,
         retry_max_s: float = 5.0,
         flush_timeout_s: float = 60.0,
+        max_split_inserts: int = DEFAULT_MAX_INSERTS,
         clean_event: EventCleaner | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock_ms: Callable[[], int] = _wall_clock_ms,
@@ -86,6 +100,7 @@ class ClickHouseSink:
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
         self.flush_timeout_s = flush_timeout_s
+        self.max_split_inserts = max_split_inserts
         self._clock = clock
         self._wall_clock_ms = wall_clock_ms
         self._sleep = sleep
@@ -96,6 +111,7 @@ class ClickHouseSink:
         self.rows_written = 0
         self.rows_written_by_table: dict[str, int] = {}
         """Rows written so far, per table (the metrics' source)."""
+        self._refusals: list[TableWrite] = []
 
     @classmethod
     def from_settings(cls, settings: ClickHouseSettings, **options: Any) -> ClickHouseSink:
@@ -205,6 +221,15 @@ class ClickHouseSink:
                 continue
             self._try_write(now)
 
+    def take_refusals(self) -> list[TableWrite]:
+        """Returns (and forgets) the refused batches split since the last call.
+
+        Their dead letters (``letters``) are in ``rejected_events`` once ``flush``
+        has returned; the live worker produces them to the dead-letter topic.
+        """
+        taken, self._refusals = self._refusals, []
+        return taken
+
     def close(self) -> None:
         """Flushes, then disconnects.
 
@@ -218,12 +243,9 @@ class ClickHouseSink:
     def _try_write(self, now: float) -> bool:
         """One attempt to write every table; False (and a back-off) if unreachable."""
         try:
-            for table, rows in list(self._buffer.pending()):
-                self._backend.insert(table, TABLE_COLUMNS[table], rows)
-                self.rows_written += len(rows)
-                by_table = self.rows_written_by_table
-                by_table[table] = by_table.get(table, 0) + len(rows)
-                self._buffer.clear(table)
+            for table in _WRITE_ORDER:
+                if self._buffer.rows[table]:
+                    self._write(table)
         except BackendUnavailableError:
             self._failures += 1
             delay = min(self.retry_max_s, self.retry_initial_s * 2 ** (self._failures - 1))
@@ -235,6 +257,30 @@ class ClickHouseSink:
         self._retry_at = 0.0
         self._oldest_at = None
         return True
+
+    def _write(self, table: str) -> None:
+        """Writes the buffered rows of ``table``, splitting a refused batch."""
+        columns = TABLE_COLUMNS[table]
+
+        def insert(rows: Sequence[Row]) -> None:
+            self._backend.insert(table, columns, rows)
+
+        now_ms = self._wall_clock_ms()
+        outcome = write_table(
+            table,
+            self._buffer.rows[table],
+            insert,
+            now_ms=now_ms,
+            max_inserts=self.max_split_inserts,
+        )
+        self.rows_written += outcome.written
+        by_table = self.rows_written_by_table
+        by_table[table] = by_table.get(table, 0) + outcome.written
+        self._buffer.clear(table)
+        if outcome.error is not None:
+            for letter in outcome.letters:
+                self._buffer.add(letter, now_ms)
+            self._refusals.append(outcome)
 
     def _where(self) -> str:
         return f"ClickHouse database {self._backend.database}"

@@ -25,6 +25,7 @@ from streams.metrics import WorkerMetrics
 
 if TYPE_CHECKING:
     from sinks.clickhouse.writer import ClickHouseSink
+    from sinks.refusals import TableWrite
     from streams.runtime.agents import KpiRunner, LineageRunner
     from streams.runtime.outputs import InputMessage, OutgoingMessage
 
@@ -49,7 +50,9 @@ class WorkerTelemetry:
         # series born with its first dead letter misses that first burst.
         for reason in DeadLetterReason:
             late = reason is DeadLetterReason.LATE_AFTER_WINDOW_CLOSED
-            metrics.dead_letters.labels("kpi" if late else "lineage", reason.value)
+            refused = reason is DeadLetterReason.SINK_REJECTED
+            for stage in ("lineage", "kpi") if refused else ("kpi" if late else "lineage",):
+                metrics.dead_letters.labels(stage, reason.value)
 
     # -- per batch (event loop) ------------------------------------------------------
 
@@ -81,6 +84,17 @@ class WorkerTelemetry:
             if total > counted:
                 m.rows_written.labels(table).inc(total - counted)
                 self._rows_counted[(name, table)] = total
+
+    def refused(self, refusals: Iterable[TableWrite]) -> None:
+        """Batches ClickHouse refused for some of their values, split by the sink."""
+        m = self.metrics
+        for refusal in refusals:
+            table = refusal.table
+            m.poison_batches.labels(table).inc()
+            m.rows_rejected.labels(table).inc(refusal.refused)
+            m.split_inserts.labels(table).inc(refusal.inserts)
+            if refusal.unwritable:
+                m.rows_unwritable.labels(table).inc(len(refusal.unwritable))
 
     def flush_failed(self, name: str, kind: str) -> None:
         """A flush attempt failed: ``unavailable`` (offsets held) or ``rejected``."""

@@ -77,9 +77,15 @@ class JournalSink:
         self._journal = journal
         self.rows_written = 0
         self.rows_written_by_table: dict[str, int] = {}
+        self.refusals: list[Any] = []
+        """Refused batches (``sinks.refusals.TableWrite``) the next flush reports."""
 
     def add(self, record: Any) -> None:
         self._journal.record("sink.add")
+
+    def take_refusals(self) -> list[Any]:
+        taken, self.refusals = self.refusals, []
+        return taken
 
     def add_event(self, event: Any, source: Any) -> None:
         self._journal.record("sink.add")

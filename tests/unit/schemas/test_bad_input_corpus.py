@@ -17,10 +17,11 @@ from schemas.records import DeadLetterReason
 from schemas.validation import EventValidator
 from tests.unit.schemas.conftest import NOW_MS
 
-# Reasons the core gives, not the decoder.
+# Reasons the core (late input) or the sinks (refused rows) give, not the decoder.
 DECODE_REASONS = set(DeadLetterReason) - {
     DeadLetterReason.LATE_AFTER_EVICTION,
     DeadLetterReason.LATE_AFTER_WINDOW_CLOSED,
+    DeadLetterReason.SINK_REJECTED,
 }
 
 
