@@ -45,7 +45,14 @@ from schemas.errors import (
     UnknownSchemaError,
 )
 from schemas.events import AlertEvent, Event, InferenceEvent, ReportEvent
-from schemas.records import Breach, DeadLetter, KpiValue, LineageRecord, ReviewCandidate
+from schemas.records import (
+    AuditCheckpoint,
+    Breach,
+    DeadLetter,
+    KpiValue,
+    LineageRecord,
+    ReviewCandidate,
+)
 from schemas.registry import REGISTRY_URL_ENV, SchemaRegistry
 from schemas.subjects import AVSC_DIR, Schema, canonical_json, full_name, load_avsc
 from schemas.validation import EventValidator, validation_failed_from_pydantic
@@ -76,6 +83,7 @@ MODELS_BY_SUBJECT: dict[str, type[BaseModel]] = {
     "imgov.governance.v1.Breach": Breach,
     "imgov.governance.v1.ReviewCandidate": ReviewCandidate,
     "imgov.governance.v1.DeadLetter": DeadLetter,
+    "imgov.governance.v1.AuditCheckpoint": AuditCheckpoint,
 }
 """Subject (= the record's full name) of every contract, and its model."""
 

@@ -29,6 +29,12 @@ silently change every pseudonym, so the operator says what the key is (a random
 ``IMGOV_PSEUDONYM_KEY`` is text: its UTF-8 bytes are the key, exactly, unless it
 carries one of the same two prefixes. Either way the key must then be at least
 ``MIN_PSEUDONYM_KEY_BYTES`` long. No error message contains key material.
+
+The audit checkpoint key (``streams.core.lineage.anchor``), which signs the chain heads,
+is a second, separate secret read the same way from ``IMGOV_CHECKPOINT_KEY`` or
+``IMGOV_CHECKPOINT_KEY_FILE``, refused when it equals the pseudonymisation key, and
+required outside demo mode. Keys of before a rotation, still accepted when verifying,
+are in ``IMGOV_CHECKPOINT_PREVIOUS_KEYS_FILE``: one ``hex:`` or ``base64:`` key a line.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from schemas.units import DAY_MS, MINUTE_MS
 from schemas.validation import EventValidator
 from streams.core.kpi.breach import BreachEvaluator, BreachPolicy
 from streams.core.kpi.config import KpiConfig
+from streams.core.lineage.anchor import DEMO_CHECKPOINT_KEY, CheckpointKey, CheckpointKeyring
 from streams.core.lineage.config import AlgorithmEligibility, LineageConfig
 from streams.core.lineage.pseudonym import Pseudonymiser
 from streams.core.pipeline import GovernanceProcessor
@@ -64,6 +71,7 @@ __all__ = [
     "build_processor",
     "build_pseudonymiser",
     "build_validator",
+    "checkpoint_keyring",
     "load_breach_policy",
     "load_settings",
     "settings_from_mapping",
@@ -93,6 +101,9 @@ class GovernanceSettings(BaseSettings):
 
     pseudonym_key: SecretStr | None = None
     pseudonym_key_file: Path | None = None
+    checkpoint_key: SecretStr | None = None
+    checkpoint_key_file: Path | None = None
+    checkpoint_previous_keys_file: Path | None = None
     pseudonymise_study_uid: bool = False
     demo: bool = False
     lineage_retention_days: int = Field(30, gt=0)
@@ -106,6 +117,8 @@ class _FileSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     pseudonym_key_file: Path | None = None
+    checkpoint_key_file: Path | None = None
+    checkpoint_previous_keys_file: Path | None = None
     pseudonymise_study_uid: bool | None = None
     lineage_retention_days: int | None = None
     eligibility: list[AlgorithmEligibility] | None = None
@@ -159,7 +172,12 @@ def settings_from_mapping(
                 update["kpi"] = KpiConfig.model_validate(update["kpi"])
             if "eligibility" in update:
                 update["eligibility"] = tuple(parsed.eligibility or ())
-            for name in ("pseudonym_key_file", "breach_policy"):
+            for name in (
+                "pseudonym_key_file",
+                "checkpoint_key_file",
+                "checkpoint_previous_keys_file",
+                "breach_policy",
+            ):
                 if name in update and not Path(update[name]).is_absolute():
                     update[name] = base_dir / update[name]
             settings = settings.model_copy(update=update)
@@ -201,7 +219,7 @@ def _without_line_ending(data: bytes) -> tuple[bytes, bool]:
     return data, False
 
 
-def _declared_text_key(raw: bytes, source: str) -> bytes | None:
+def _declared_text_key(raw: bytes, source: str, what: str = "pseudonymisation key") -> bytes | None:
     """Returns the key that a ``hex:`` or ``base64:`` text declares, decoded.
 
     Args:
@@ -230,12 +248,12 @@ def _declared_text_key(raw: bytes, source: str) -> bytes | None:
             # binascii's messages describe the fault and never quote the input.
             problem = str(exc)
     raise ConfigurationError(
-        f"the pseudonymisation key in {source} is not valid {encoding.name}: {problem} "
+        f"the {what} in {source} is not valid {encoding.name}: {problem} "
         f"(expected '{prefix}' then {encoding.expected}, on one line)"
     )
 
 
-def _file_key(path: Path) -> bytes:
+def _file_key(path: Path, what: str = "pseudonymisation key") -> bytes:
     """Returns the key held by the key file at ``path``, as the module docstring describes.
 
     Raises:
@@ -245,13 +263,11 @@ def _file_key(path: Path) -> bytes:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise ConfigurationError(
-            f"cannot read the pseudonymisation key file {path}: {exc}"
-        ) from exc
+        raise ConfigurationError(f"cannot read the {what} file {path}: {exc}") from exc
     source = f"the key file {path}"
     if not raw:
-        raise ConfigurationError(f"the pseudonymisation key in {source} is empty")
-    declared = _declared_text_key(raw, source)
+        raise ConfigurationError(f"the {what} in {source} is empty")
+    declared = _declared_text_key(raw, source, what)
     if declared is not None:
         return declared
     body, had_line_ending = _without_line_ending(raw)
@@ -259,7 +275,7 @@ def _file_key(path: Path) -> bytes:
         # Earlier versions stripped this line ending; keeping it would silently change
         # every pseudonym, so the operator decides what the key is.
         raise ConfigurationError(
-            f"the pseudonymisation key in {source} is text followed by a line ending; "
+            f"the {what} in {source} is text followed by a line ending; "
             "key files are read exactly, so write the key as 'hex:<digits>' or "
             "'base64:<text>', or save it without the line ending"
         )
@@ -282,6 +298,70 @@ def _key(settings: GovernanceSettings) -> bytes | None:
     if settings.pseudonym_key_file is not None:
         return _file_key(settings.pseudonym_key_file)
     return None
+
+
+def _checkpoint_key(settings: GovernanceSettings) -> bytes | None:
+    """Returns the configured checkpoint key bytes, or None (as :func:`_key` does)."""
+    what = "checkpoint key"
+    if settings.checkpoint_key is not None:
+        text = settings.checkpoint_key.get_secret_value().encode()
+        declared = _declared_text_key(text, "IMGOV_CHECKPOINT_KEY", what)
+        return text if declared is None else declared
+    if settings.checkpoint_key_file is not None:
+        return _file_key(settings.checkpoint_key_file, what)
+    return None
+
+
+def _previous_checkpoint_keys(path: Path) -> list[bytes]:
+    """Returns the keys of a previous-keys file: one ``hex:``/``base64:`` key a line."""
+    what = "previous checkpoint key"
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read the {what}s file {path}: {exc}") from exc
+    keys = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        declared = _declared_text_key(line, f"{path} line {number}", what)
+        if declared is None:
+            raise ConfigurationError(
+                f"the {what} on {path} line {number} must be written 'hex:<digits>' or "
+                "'base64:<text>'"
+            )
+        keys.append(declared)
+    return keys
+
+
+def checkpoint_keyring(settings: GovernanceSettings) -> CheckpointKeyring:
+    """Returns the audit checkpoint keys: the current one and those still accepted.
+
+    The checkpoint key must not equal the pseudonymisation key: one leaked secret must
+    not give away the other's job.
+
+    Raises:
+        ConfigurationError: no key outside demo mode, a key that is too short, equal to
+            the pseudonymisation key, unreadable or malformed.
+    """
+    key = _checkpoint_key(settings)
+    if key is None and not settings.demo:
+        raise ConfigurationError(
+            "no audit checkpoint key: set IMGOV_CHECKPOINT_KEY or IMGOV_CHECKPOINT_KEY_FILE "
+            "(at least 32 bytes, not the pseudonymisation key), or run the demo with --demo"
+        )
+    previous = []
+    if settings.checkpoint_previous_keys_file is not None:
+        previous = _previous_checkpoint_keys(settings.checkpoint_previous_keys_file)
+    try:
+        current = CheckpointKey(DEMO_CHECKPOINT_KEY if key is None else key)
+        ring = CheckpointKeyring(current, tuple(CheckpointKey(k) for k in previous))
+    except ValueError as exc:
+        raise ConfigurationError(f"invalid checkpoint key: {exc}") from exc
+    if key is not None and key == _key(settings):
+        raise ConfigurationError(
+            "the checkpoint key must not be the pseudonymisation key: generate a separate one"
+        )
+    return ring
 
 
 def lineage_config(settings: GovernanceSettings) -> LineageConfig:

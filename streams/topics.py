@@ -14,6 +14,7 @@ from dataclasses import dataclass
 __all__ = [
     "ALERT_TOPIC",
     "ALL_TOPICS",
+    "AUDIT_CHECKPOINT_TOPIC",
     "BREACH_TOPIC",
     "CONTRIBUTIONS_TOPIC",
     "DEFAULT_APP_ID",
@@ -44,7 +45,16 @@ KPI_TOPIC = "governance.kpi.v1"
 BREACH_TOPIC = "governance.breach.v1"
 REVIEW_TOPIC = "governance.review.v1"
 DLQ_TOPIC = "governance.dlq.v1"
-OUTPUT_TOPICS: tuple[str, ...] = (LINEAGE_TOPIC, KPI_TOPIC, BREACH_TOPIC, REVIEW_TOPIC, DLQ_TOPIC)
+AUDIT_CHECKPOINT_TOPIC = "governance.audit.checkpoint.v1"
+"""Signed audit checkpoints (chain heads' Merkle root), keyed by input partition, compacted."""
+OUTPUT_TOPICS: tuple[str, ...] = (
+    LINEAGE_TOPIC,
+    KPI_TOPIC,
+    BREACH_TOPIC,
+    REVIEW_TOPIC,
+    DLQ_TOPIC,
+    AUDIT_CHECKPOINT_TOPIC,
+)
 
 ALL_TOPICS: tuple[str, ...] = INPUT_TOPICS + OUTPUT_TOPICS
 
@@ -80,6 +90,7 @@ class WorkerTopics:
     review: str
     dlq: str
     contributions: str
+    audit_checkpoint: str
 
     @classmethod
     def with_namespace(cls, namespace: str = "") -> WorkerTopics:
@@ -95,6 +106,7 @@ class WorkerTopics:
             review=n + REVIEW_TOPIC,
             dlq=n + DLQ_TOPIC,
             contributions=n + CONTRIBUTIONS_TOPIC,
+            audit_checkpoint=n + AUDIT_CHECKPOINT_TOPIC,
         )
 
     @property
@@ -113,6 +125,7 @@ class WorkerTopics:
             REVIEW_TOPIC,
             DLQ_TOPIC,
             CONTRIBUTIONS_TOPIC,
+            AUDIT_CHECKPOINT_TOPIC,
         ):
             if topic.endswith(name):
                 return name

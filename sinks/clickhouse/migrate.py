@@ -67,6 +67,8 @@ PARTITIONED_TABLES = (
     "kpi_breaches",
     "rejected_events",
     "review_candidates",
+    "audit_checkpoints",
+    "audit_checkpoint_heads",
 )
 """Tables partitioned by month (``toYYYYMM``), in the order retention drops them."""
 

@@ -10,9 +10,14 @@ that made it (from ``event_log``), in time order, and checks the study's hash ch
 ``audit verify`` rebuilds every stored revision from ``lineage_history`` (without
 FINAL: two different rows claiming one revision are evidence, not noise), recomputes
 the hash chain of every lineage key (``streams.core.lineage.hashchain.verify_chain``) and
-names each altered, missing, re-linked or conflicting revision. It exits 1 when it
-finds any. What a chain cannot show: the removal of a key's *latest* revisions or of
-its whole history (see ``hashchain``).
+names each altered, missing, re-linked or conflicting revision. What a chain cannot
+show, the removal of a key's *latest* revisions or of its whole history, the audit
+checkpoints can (``streams.core.lineage.anchor``): verify also loads the latest
+checkpoint of every partition, checks its signature (with the checkpoint keys of
+``IMGOV_CHECKPOINT_KEY[_FILE]`` and ``IMGOV_CHECKPOINT_PREVIOUS_KEYS_FILE``, or the
+public demo key with ``--demo``) and its Merkle root, and compares its heads with the
+stored chains: TRUNCATED, MISSING, REWRITTEN and EXTRA heads, FORGED or ALTERED
+checkpoints. It exits 1 when it finds anything, 2 when no checkpoint key is configured.
 """
 
 from __future__ import annotations
@@ -27,19 +32,37 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from schemas.records import LineageRecord
+from schemas.errors import ImgovError
+from schemas.records import AuditCheckpoint, ChainHead, LineageRecord
 from schemas.units import MISSING, utc
+from sinks.clickhouse.checkpoints import CHECKPOINTS_TABLE, latest_checkpoints, read_heads
 from sinks.clickhouse.rows import LINEAGE_COLUMNS, lineage_from_row
 from sinks.query import QueryBackend
 from streams.cli.options import ChdbOption, DatabaseOption, open_backend
+from streams.core.lineage.anchor import (
+    CheckpointFinding,
+    CheckpointFindingKind,
+    CheckpointKeyring,
+    HeadAudit,
+    StoredRevision,
+    verify_checkpoint,
+)
 from streams.core.lineage.hashchain import (
     CHAIN_FIELDS,
     ChainProblem,
     ChainProblemKind,
+    LineageKey,
     verify_chain,
 )
+from streams.governance import checkpoint_keyring, load_settings
 
-__all__ = ["audit_app", "read_lineage_history", "verify_backend"]
+__all__ = [
+    "CheckpointReport",
+    "audit_app",
+    "read_lineage_history",
+    "verify_backend",
+    "verify_checkpoints",
+]
 
 audit_app = typer.Typer(
     help="The audit trail: a study's lineage with its events, and hash-chain verification.",
@@ -289,9 +312,19 @@ def read_lineage_history(
 
 
 def verify_backend(
-    backend: QueryBackend, *, site: str | None = None, study: str | None = None
+    backend: QueryBackend,
+    *,
+    site: str | None = None,
+    study: str | None = None,
+    report: CheckpointReport | None = None,
 ) -> tuple[int, int, list[ChainProblem]]:
     """Verifies the hash chains stored behind ``backend``.
+
+    Args:
+        backend: the audit database.
+        site, study: only this site and/or study.
+        report: also hands every stored key to this report's checkpoint comparison, in
+            the same read of the table (the findings go to ``report.findings``).
 
     Returns:
         ``(rows read, keys checked, problems)``; a row that no longer describes a valid
@@ -304,11 +337,17 @@ def verify_backend(
     for group in read_lineage_history(backend, site=site, study=study):
         rows_read += len(group)
         records: list[LineageRecord] = []
+        stored: dict[LineageKey, list[StoredRevision]] = {}
         for row in group:
+            key = (row["site_id"], row["study_uid"], row["algorithm_name"], row["finding_code"])
+            stored.setdefault(key, []).append(
+                StoredRevision(
+                    int(row["revision"]), str(row["record_hash"]), int(row["updated_at_ms"])
+                )
+            )
             try:
                 records.append(lineage_from_row(row))
             except ValidationError as exc:
-                key = (row["site_id"], row["study_uid"], row["algorithm_name"], row["finding_code"])
                 first = exc.errors()[0]
                 problems.append(
                     ChainProblem(
@@ -321,8 +360,104 @@ def verify_backend(
                 )
         keys += len({(r.site_id, r.study_uid, r.algorithm_name, r.finding_code) for r in records})
         problems.extend(verify_chain(records))
+        if report is not None:
+            for key in sorted(stored):
+                report.findings.extend(report.audit.check_key(key, stored[key]))
     problems.sort(key=lambda p: (p.key, p.revision, p.kind.value))
     return rows_read, keys, problems
+
+
+class CheckpointReport:
+    """The latest checkpoints read, and what comparing them found (filled by verify)."""
+
+    def __init__(self, checkpoints: list[AuditCheckpoint], audit: HeadAudit) -> None:
+        self.checkpoints = checkpoints
+        self.audit = audit
+        self.findings: list[CheckpointFinding] = []
+        self.verified: set[tuple[int, int, str]] = set()
+        """(partition, sequence, signature) of the checkpoints whose signature and root held."""
+
+
+def verify_checkpoints(
+    backend: QueryBackend,
+    keyring: CheckpointKeyring,
+    *,
+    site: str | None = None,
+    study: str | None = None,
+) -> tuple[int, int, list[ChainProblem], CheckpointReport]:
+    """Verifies the chains and the latest checkpoint of every partition against them.
+
+    Returns:
+        ``(rows read, keys checked, chain problems, checkpoint report)``.
+
+    Raises:
+        QueryError: a table cannot be read.
+    """
+    checkpoints = latest_checkpoints(backend) if _has_checkpoints_table(backend) else []
+    trusted: list[tuple[AuditCheckpoint, list[ChainHead]]] = []
+    findings: list[CheckpointFinding] = []
+    for checkpoint in checkpoints:
+        heads = read_heads(backend, checkpoint)
+        wrong = verify_checkpoint(checkpoint, heads, keyring)
+        findings.extend(wrong)
+        if not wrong:
+            trusted.append((checkpoint, heads))
+    report = CheckpointReport(checkpoints, HeadAudit(trusted))
+    report.verified = {(c.partition, c.sequence, c.signature) for c, _ in trusted}
+    report.audit.narrow(site, study)
+    rows, keys, problems = verify_backend(backend, site=site, study=study, report=report)
+    report.findings = findings + report.findings + report.audit.finish()
+    if rows and not checkpoints:
+        report.findings.append(
+            CheckpointFinding(
+                CheckpointFindingKind.NO_CHECKPOINT,
+                None,
+                None,
+                None,
+                None,
+                None,
+                "lineage is stored but there is no audit checkpoint: deleted newest "
+                "revisions cannot be detected",
+            )
+        )
+    return rows, keys, problems, report
+
+
+def _has_checkpoints_table(backend: QueryBackend) -> bool:
+    _, rows = backend.execute(
+        "SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = %(t)s",
+        {"t": CHECKPOINTS_TABLE},
+    )
+    return bool(rows and int(rows[0][0]))
+
+
+def _finding_json(finding: CheckpointFinding) -> dict[str, Any]:
+    key = finding.key or (None, None, None, None)
+    return {
+        "kind": finding.kind.value,
+        "partition": finding.partition,
+        "sequence": finding.sequence,
+        "site_id": key[0],
+        "study_uid": key[1],
+        "algorithm_name": key[2],
+        "finding_code": key[3],
+        "expected_revision": finding.expected_revision,
+        "found_revision": finding.found_revision,
+        "detail": finding.detail,
+    }
+
+
+def _finding_line(finding: CheckpointFinding) -> str:
+    if finding.key is None:
+        where = (
+            f"checkpoint {finding.sequence} of partition {finding.partition}"
+            if finding.sequence is not None
+            else "checkpoints"
+        )
+    else:
+        site_id, study_uid, algorithm, code = finding.key
+        where = f"site {site_id} study {study_uid} {algorithm}/{code}"
+    return f"[red]✗ {finding.kind.value}[/] {where}: {finding.detail}"
 
 
 @audit_app.command("verify")
@@ -332,23 +467,58 @@ def verify_command(
     output: Annotated[
         str, typer.Option("--format", "-f", help="table | json (the problems).")
     ] = "table",
+    demo: Annotated[
+        bool,
+        typer.Option(
+            "--demo", help="Without a configured checkpoint key, accept the public demo key."
+        ),
+    ] = False,
     chdb: ChdbOption = None,
     database: DatabaseOption = None,
 ) -> None:
-    """Recompute the hash chain of every lineage key from lineage_history.
+    """Recompute the hash chain of every lineage key, and check it against the latest
+    signed audit checkpoint of every partition.
 
     Prints every revision that was altered, removed, re-linked or duplicated with
-    different content, and exits 1 if there is any (0 when every chain verifies).
+    different content, every chain whose newest revisions were deleted (TRUNCATED),
+    whose key is gone (MISSING), was rewritten (REWRITTEN) or was added outside the
+    pipeline (EXTRA), and every checkpoint whose signature or root does not verify
+    (FORGED, ALTERED). Exits 1 if there is any, 0 when everything verifies, 2 when no
+    checkpoint key is configured (IMGOV_CHECKPOINT_KEY or IMGOV_CHECKPOINT_KEY_FILE).
     """
     if output not in {"table", "json"}:
         _err.print(f"[red]error:[/] --format must be table or json, not {output!r}")
         raise typer.Exit(2)
+    try:
+        keyring = checkpoint_keyring(load_settings(demo=demo))
+    except ImgovError as exc:
+        _err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
     with open_backend(chdb, database, create=False) as backend:
-        rows, keys, problems = verify_backend(backend, site=site, study=study)
+        rows, keys, problems, report = verify_checkpoints(backend, keyring, site=site, study=study)
+    failed = bool(problems or report.findings)
     if output == "json":
         typer.echo(
             json.dumps(
-                {"rows": rows, "keys": keys, "problems": [_problem_json(p) for p in problems]},
+                {
+                    "rows": rows,
+                    "keys": keys,
+                    "problems": [_problem_json(p) for p in problems],
+                    "checkpoints": [
+                        {
+                            "partition": c.partition,
+                            "sequence": c.sequence,
+                            "created_at_ms": c.created_at_ms,
+                            "watermark_ms": c.watermark_ms,
+                            "head_count": c.head_count,
+                            "key_id": c.key_id,
+                            "verified": (c.partition, c.sequence, c.signature) in report.verified,
+                        }
+                        for c in report.checkpoints
+                    ],
+                    "checkpoint_findings": [_finding_json(f) for f in report.findings],
+                    "demo_key": keyring.current.is_demo,
+                },
                 indent=2,
             )
         )
@@ -361,11 +531,21 @@ def verify_command(
                 f"{algorithm}/{finding} revision {p.revision}: {p.detail}",
                 soft_wrap=True,
             )
-        verdict = "[red]FAILED[/]" if problems else "[green]OK[/]"
+        for f in report.findings:
+            _out.print(_finding_line(f), soft_wrap=True)
+        if keyring.current.is_demo:
+            _out.print(
+                "[yellow]checkpoint signatures checked with the public demo key: "
+                "they prove nothing outside a demo[/]",
+                soft_wrap=True,
+            )
+        verdict = "[red]FAILED[/]" if failed else "[green]OK[/]"
+        partitions = len({c.partition for c in report.checkpoints})
         _out.print(
             f"audit verify {verdict}: {rows:,} stored revisions of {keys:,} lineage keys checked, "
-            f"{len(problems)} problem(s)",
+            f"{len(problems)} problem(s); {partitions} partition checkpoint(s) with "
+            f"{report.audit.heads:,} heads, {len(report.findings)} checkpoint finding(s)",
             soft_wrap=True,
         )
-    if problems:
+    if failed:
         raise typer.Exit(1)

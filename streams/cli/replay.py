@@ -16,7 +16,15 @@ from sinks.base import Sink
 from sinks.jsonl import JsonLinesSink
 from sinks.null import NullSink
 from sinks.tee import TeeSink
-from streams.governance import build_processor, build_pseudonymiser, build_validator, load_settings
+from streams.governance import (
+    build_processor,
+    build_pseudonymiser,
+    build_validator,
+    checkpoint_keyring,
+    load_settings,
+    wall_clock_ms,
+)
+from streams.replay.anchor import write_replay_checkpoint
 from streams.replay.driver import DEFAULT_CHUNK_SIZE, ReplayStats, replay
 from streams.replay.parallel import replay_parallel
 
@@ -121,13 +129,16 @@ def replay_command(
         sinks: list[Sink] = []
         if out is not None:
             sinks.append(JsonLinesSink(out))
+        chdb_sink = None
         if chdb is not None:
             from sinks.chdb import ChdbSink  # chDB loads a large library: only when asked
 
             pseudonymiser = build_pseudonymiser(settings)
-            sinks.append(
-                ChdbSink(chdb, clean_event=pseudonymiser.pseudonymise_event, background=True)
+            keyring = checkpoint_keyring(settings)  # refused now, not after the run
+            chdb_sink = ChdbSink(
+                chdb, clean_event=pseudonymiser.pseudonymise_event, background=True
             )
+            sinks.append(chdb_sink)
         sink: Sink = TeeSink(sinks) if sinks else NullSink()
         if settings.demo:
             _console.print("[yellow]demo mode: pseudonyms use the public demo key[/yellow]")
@@ -152,6 +163,7 @@ def replay_command(
                     record_events=chdb is not None,
                     chunk_size=chunk_size,
                     on_progress=lambda n: bar.advance(task, n),
+                    collect_heads=chdb_sink is not None,
                 )
             else:
                 stats = replay(
@@ -162,7 +174,11 @@ def replay_command(
                     record_events=chdb is not None,
                     chunk_size=chunk_size,
                     on_progress=lambda n: bar.advance(task, n),
+                    collect_heads=chdb_sink is not None,
                 )
+        if chdb_sink is not None:
+            # The audit checkpoint anchors the chain heads of the run (DESIGN §8).
+            write_replay_checkpoint(stats, chdb_sink.backend, keyring, wall_clock_ms())
         sink.close()
     except ImgovError as exc:
         _console.print(f"[red]error:[/red] {exc}")

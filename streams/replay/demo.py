@@ -46,9 +46,12 @@ from streams.governance import (
     GovernanceSettings,
     build_pseudonymiser,
     build_validator,
+    checkpoint_keyring,
     load_settings,
+    wall_clock_ms,
 )
 from streams.paths import STATE_DIR
+from streams.replay.anchor import write_replay_checkpoint
 from streams.replay.driver import ReplayStats
 from streams.replay.parallel import replay_parallel
 from streams.simulate.config import DriftKind, DriftScenario, SimulationConfig
@@ -261,6 +264,7 @@ def run_demo(
     from sinks.chdb import ChdbSink  # chDB loads a large library: only when needed
 
     pseudonymiser = build_pseudonymiser(settings)
+    keyring = checkpoint_keyring(settings)
     chdb_sink = ChdbSink(
         options.chdb_path, clean_event=pseudonymiser.pseudonymise_event, background=True
     )
@@ -277,7 +281,9 @@ def run_demo(
             record_events=True,
             chunk_size=options.chunk_size or replay_chunk_size(events, options.days),
             on_progress=on_progress,
+            collect_heads=True,
         )
+        write_replay_checkpoint(stats, chdb_sink.backend, keyring, wall_clock_ms())
     finally:
         sink.close()
     timings["replay"] = time.perf_counter() - clock

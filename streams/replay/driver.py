@@ -29,7 +29,9 @@ The steps, in order, and why:
 4. At the end of input ``close`` emits the final KPI windows, and the sink is flushed:
    a replay either completes or reports the error that stopped it. The stats count the
    contributions that still reached a closed window (``too_late``); each is also a
-   LATE_AFTER_WINDOW_CLOSED dead letter.
+   LATE_AFTER_WINDOW_CLOSED dead letter. With ``collect_heads`` the stats also carry the
+   chain head of every lineage key the join still holds, for the run's signed audit
+   checkpoint (``streams.replay.anchor``).
 
 Memory is bounded by open state, never by history: nothing here keeps an output once
 the sink has it, and the sinks write in batches as records come (JSON Lines every
@@ -47,9 +49,10 @@ from pathlib import Path
 
 from schemas.events import Event
 from schemas.files import RejectedInput, read_events
-from schemas.records import DeadLetter
+from schemas.records import ChainHead, DeadLetter
 from schemas.validation import EventValidator
 from sinks.base import Sink
+from streams.core.lineage.anchor import heads_of_study
 from streams.core.pipeline import GovernanceProcessor, ProcessorOutput
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "ReplayStats", "dead_letter_for", "replay"]
@@ -74,6 +77,13 @@ class ReplayStats:
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
     too_late: dict[str, int] = field(default_factory=dict)
     """KPI contributions that reached a closed window, by window size."""
+    heads: list[ChainHead] | None = None
+    """With ``collect_heads``: the newest revision of every lineage key held at the end,
+    for the run's audit checkpoint (``streams.replay.anchor``)."""
+    watermark_ms: int | None = None
+    """The watermark retention reached (with ``collect_heads``)."""
+    evictable_before_ms: int | None = None
+    """Studies whose last event is at or before this may have been evicted."""
 
     def count(self, out: ProcessorOutput) -> None:
         self.lineage += len(out.lineage)
@@ -109,6 +119,7 @@ def replay(
     record_events: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     on_progress: Callable[[int], None] | None = None,
+    collect_heads: bool = False,
 ) -> ReplayStats:
     """Replays ``inputs``, merged by event time, through ``processor`` into ``sink``.
 
@@ -122,6 +133,7 @@ def replay(
             ``event_log``); the sink must replace direct identifiers before it writes.
         chunk_size: events joined as one batch.
         on_progress: called with the number of inputs read since the last call.
+        collect_heads: also return the chain heads held at the end (``stats.heads``).
 
     Returns:
         Counts of what was read and written.
@@ -166,6 +178,11 @@ def replay(
     run()
     _emit(processor.close(), sink, stats)
     stats.too_late = processor.too_late
+    if collect_heads:
+        joiner = processor.joiner
+        stats.heads = [h for key, state in joiner.store.items() for h in heads_of_study(key, state)]
+        stats.watermark_ms = joiner.watermark_ms
+        stats.evictable_before_ms = joiner.eviction_cutoff_ms
     sink.flush()
     return stats
 

@@ -290,6 +290,7 @@ def replay_parallel(
     record_events: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     on_progress: Callable[[int], None] | None = None,
+    collect_heads: bool = False,
 ) -> ReplayStats:
     """``replay`` with the KPI windows in a second process; the same outputs.
 
@@ -299,7 +300,7 @@ def replay_parallel(
         sinks: every output goes to each (a ``TeeSink`` of them); KPI values arrive
             encoded, so each must be an ``EncodedKpiSink`` (JSON Lines, chDB) or a
             ``NullSink``.
-        validator, record_events, chunk_size, on_progress: as ``replay``.
+        validator, record_events, chunk_size, on_progress, collect_heads: as ``replay``.
 
     Raises:
         ConfigurationError: the breach policy cannot be loaded.
@@ -318,6 +319,7 @@ def replay_parallel(
             record_events=record_events,
             chunk_size=chunk_size,
             on_progress=on_progress,
+            collect_heads=collect_heads,
         )
     except BaseException:
         half.terminate()

@@ -18,7 +18,15 @@ from dataclasses import dataclass
 
 from schemas.codec import Codec
 from schemas.errors import DecodeError
-from schemas.records import Breach, DeadLetter, Header, KpiValue, LineageRecord, ReviewCandidate
+from schemas.records import (
+    AuditCheckpoint,
+    Breach,
+    DeadLetter,
+    Header,
+    KpiValue,
+    LineageRecord,
+    ReviewCandidate,
+)
 from streams.topics import WorkerTopics
 
 __all__ = [
@@ -212,6 +220,15 @@ class OutputEncoder:
                 self._codec.encode(r),
             )
             for r in records
+        ]
+
+    def audit_checkpoints(self, checkpoints: Sequence[AuditCheckpoint]) -> list[OutgoingMessage]:
+        """One message per checkpoint, keyed by its input partition (the topic is
+        compacted: the latest checkpoint of every partition is kept)."""
+        topic = self._topics.audit_checkpoint
+        return [
+            OutgoingMessage(topic, str(c.partition).encode(), self._codec.encode(c))
+            for c in checkpoints
         ]
 
     def dead_letters(self, letters: Sequence[DeadLetter]) -> list[OutgoingMessage]:

@@ -85,7 +85,7 @@ def test_topics_create_cli_is_idempotent(kafka_bootstrap: str) -> None:
     assert first.exit_code == 0, first.output
     again = runner.invoke(app, ["topics", "create", "--bootstrap", kafka_bootstrap])
     assert again.exit_code == 0, again.output
-    assert "0 created, 8 already there" in again.output
+    assert f"0 created, {len(load_topics().topics)} already there" in again.output
 
     consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap)
     try:

@@ -17,12 +17,14 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
+from streams.core.lineage.anchor import CheckpointKey
 from streams.core.lineage.config import MIN_PSEUDONYM_KEY_BYTES, AlgorithmEligibility
 from streams.core.lineage.pseudonym import IdentifierKind
 from streams.governance import (
     ConfigurationError,
     GovernanceSettings,
     build_pseudonymiser,
+    checkpoint_keyring,
     lineage_config,
 )
 
@@ -267,3 +269,73 @@ def test_coverage_expectations_come_only_from_the_operators_configuration() -> N
         "never-ran"
     }
     assert [v for v in out.kpis if v.kpi == "coverage" and v.value == 0.0]
+
+
+# --- the audit checkpoint key ------------------------------------------------------------
+
+CHECKPOINT_KEY = bytes(range(100, 132))
+
+
+def checkpoint_settings(**values: object) -> GovernanceSettings:
+    options: dict[str, object] = {
+        "pseudonym_key": SecretStr("hex:" + KEY.hex()),
+        "pseudonym_key_file": None,
+        "checkpoint_key": None,
+        "checkpoint_key_file": None,
+        "checkpoint_previous_keys_file": None,
+        "demo": False,
+    }
+    options.update(values)
+    return GovernanceSettings(**options)  # type: ignore[arg-type]
+
+
+def test_no_checkpoint_key_outside_demo_mode_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="IMGOV_CHECKPOINT_KEY"):
+        checkpoint_keyring(checkpoint_settings())
+    assert checkpoint_keyring(checkpoint_settings(demo=True)).current.is_demo
+
+
+def test_checkpoint_key_from_variable_or_file_like_the_pseudonymisation_key(
+    tmp_path: Path,
+) -> None:
+    expected = CheckpointKey(CHECKPOINT_KEY).key_id
+    from_variable = checkpoint_settings(checkpoint_key=SecretStr("hex:" + CHECKPOINT_KEY.hex()))
+    assert checkpoint_keyring(from_variable).current.key_id == expected
+    path = tmp_path / "checkpoint.key"
+    path.write_bytes(CHECKPOINT_KEY)
+    ring = checkpoint_keyring(checkpoint_settings(checkpoint_key_file=path, demo=True))
+    assert ring.current.key_id == expected and not ring.current.is_demo
+    path.write_bytes(b"tooshort")
+    with pytest.raises(ConfigurationError, match="at least 32 bytes") as caught:
+        checkpoint_keyring(checkpoint_settings(checkpoint_key_file=path))
+    assert "tooshort" not in str(caught.value)
+
+
+def test_the_checkpoint_key_must_differ_from_the_pseudonymisation_key() -> None:
+    with pytest.raises(ConfigurationError, match="must not be the pseudonymisation key"):
+        checkpoint_keyring(checkpoint_settings(checkpoint_key=SecretStr("hex:" + KEY.hex())))
+
+
+def test_previous_checkpoint_keys_are_accepted_for_rotation(tmp_path: Path) -> None:
+    old = bytes(range(200, 240))
+    path = tmp_path / "previous.keys"
+    path.write_bytes(
+        b"hex:" + old.hex().encode() + b"\n\nbase64:" + base64.b64encode(KEY[::-1]) + b"\n"
+    )
+    ring = checkpoint_keyring(
+        checkpoint_settings(
+            checkpoint_key=SecretStr("hex:" + CHECKPOINT_KEY.hex()),
+            checkpoint_previous_keys_file=path,
+        )
+    )
+    old_id = CheckpointKey(old).key_id
+    assert ring.by_id(old_id) is not None and ring.current.key_id != old_id
+    assert len(ring.previous) == 2
+    path.write_bytes(old.hex().encode() + b"\n")
+    with pytest.raises(ConfigurationError, match="line 1 must be written 'hex:"):
+        checkpoint_keyring(
+            checkpoint_settings(
+                checkpoint_key=SecretStr("hex:" + CHECKPOINT_KEY.hex()),
+                checkpoint_previous_keys_file=path,
+            )
+        )

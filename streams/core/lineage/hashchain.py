@@ -17,7 +17,8 @@ Canonical JSON: keys sorted, no whitespace, UTF-8, enums as their values, floats
 Python's shortest round-trip form (:func:`canonical_json`; the joiner takes a faster
 path to the same bytes, :func:`hash_fields`). What verify_chain cannot see: the removal of the
 *latest* revisions of a key, or of a key's whole history, leaves a chain that is
-consistent; anchoring the latest hash elsewhere (the compacted lineage topic) covers it.
+consistent; the signed audit checkpoints of the chain heads
+(:mod:`streams.core.lineage.anchor`) cover it.
 """
 
 from __future__ import annotations

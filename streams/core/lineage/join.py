@@ -111,6 +111,12 @@ class LineageJoiner:
         return self._watermark_ms
 
     @property
+    def eviction_cutoff_ms(self) -> int | None:
+        """Studies whose last event time is at or before this may have been evicted
+        (the watermark minus the retention); None before the first watermark."""
+        return self._cutoff_ms()
+
+    @property
     def store(self) -> StudyStore:
         """The state store this joiner owns."""
         return self._store

@@ -1,5 +1,6 @@
-"""``imgov audit verify`` catches altered, deleted and conflicting lineage revisions;
-``imgov audit study`` shows a study's revisions with their events.
+"""``imgov audit verify`` catches altered, deleted and conflicting lineage revisions, and,
+against the signed audit checkpoint of the run, truncated, missing and extra chain heads
+and forged checkpoints; ``imgov audit study`` shows a study's revisions with their events.
 
 Each tampering test works on its own copy of the small demo's chDB directory.
 """
@@ -15,11 +16,13 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from sinks.clickhouse.rows import LINEAGE_COLUMNS
+from sinks.clickhouse.checkpoints import latest_checkpoints, read_heads
+from sinks.clickhouse.rows import LINEAGE_COLUMNS, lineage_from_row
 from sinks.query import ChdbBackend
 from streams.cli.audit import verify_backend
 from streams.cli.main import app
-from streams.core.lineage.hashchain import ChainProblemKind
+from streams.core.lineage.anchor import heads_root
+from streams.core.lineage.hashchain import ChainProblemKind, record_hash
 from streams.replay.demo import DemoRun
 
 runner = CliRunner()
@@ -59,11 +62,15 @@ def where(key: dict[str, Any], revision: int) -> str:
 
 
 def verify_cli(path: Path) -> Any:
-    return runner.invoke(app, ["audit", "verify", "--chdb", str(path), "--format", "json"])
+    return runner.invoke(
+        app, ["audit", "verify", "--demo", "--chdb", str(path), "--format", "json"]
+    )
 
 
 def test_an_untouched_history_verifies(small_demo: DemoRun) -> None:
-    result = runner.invoke(app, ["audit", "verify", "--chdb", str(small_demo.options.chdb_path)])
+    result = runner.invoke(
+        app, ["audit", "verify", "--demo", "--chdb", str(small_demo.options.chdb_path)]
+    )
     assert result.exit_code == 0, result.output
     assert "audit verify OK" in result.stdout and "0 problem(s)" in result.stdout
 
@@ -104,7 +111,7 @@ def test_a_deleted_revision_is_caught_and_named(chdb_copy: Path, backend: ChdbBa
     backend.execute(f"ALTER TABLE lineage_history DELETE WHERE {where(key, 1)}")
     backend.close()
 
-    result = runner.invoke(app, ["audit", "verify", "--chdb", str(chdb_copy)])
+    result = runner.invoke(app, ["audit", "verify", "--demo", "--chdb", str(chdb_copy)])
     assert result.exit_code == 1, result.output
     assert "FAILED" in result.stdout
     assert (
@@ -160,3 +167,142 @@ def test_audit_study_shows_revisions_with_their_events(small_demo: DemoRun) -> N
 
     missing = runner.invoke(app, ["audit", "study", "1.2.3.no.such.study", "--chdb", path])
     assert missing.exit_code == 1
+
+
+# --- audit checkpoints: the anchored chain heads ------------------------------------------
+
+
+def key_where(key: dict[str, Any]) -> str:
+    return (
+        f"site_id = '{key['site_id']}' AND study_uid = '{key['study_uid']}' "
+        f"AND algorithm_name = '{key['algorithm_name']}' AND finding_code = '{key['finding_code']}'"
+    )
+
+
+def test_verify_needs_a_checkpoint_key_outside_demo_mode(
+    small_demo: DemoRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("IMGOV_CHECKPOINT_KEY", "IMGOV_CHECKPOINT_KEY_FILE", "IMGOV_DEMO"):
+        monkeypatch.delenv(name, raising=False)
+    result = runner.invoke(app, ["audit", "verify", "--chdb", str(small_demo.options.chdb_path)])
+    assert result.exit_code == 2
+    assert "no audit checkpoint key" in result.output
+
+
+def test_the_demo_run_is_anchored_by_a_checkpoint_that_verifies(small_demo: DemoRun) -> None:
+    report = json.loads(verify_cli(small_demo.options.chdb_path).stdout)
+    [checkpoint] = report["checkpoints"]
+    assert checkpoint["partition"] == 0 and checkpoint["verified"]
+    assert checkpoint["head_count"] == report["keys"] > 0  # 20 days: nothing evicted yet
+    assert report["checkpoint_findings"] == [] and report["demo_key"]
+
+
+def test_a_deleted_newest_revision_is_named_truncated(
+    chdb_copy: Path, backend: ChdbBackend
+) -> None:
+    key = key_with_revisions(backend)
+    newest = key["revisions"]
+    backend.execute("SET mutations_sync = 2")
+    backend.execute(f"ALTER TABLE lineage_history DELETE WHERE {where(key, newest)}")
+    backend.close()
+
+    # The hash chain alone is satisfied: revisions 1..newest-1 still link up.
+    result = runner.invoke(app, ["audit", "verify", "--demo", "--chdb", str(chdb_copy)])
+    assert result.exit_code == 1, result.output
+    assert (
+        f"✗ TRUNCATED site {key['site_id']} study {key['study_uid']} "
+        f"{key['algorithm_name']}/{key['finding_code']}: checkpoint 1 of partition 0 names "
+        f"revision {newest}, the newest stored is {newest - 1}"
+    ) in result.stdout
+    report = json.loads(verify_cli(chdb_copy).stdout)
+    assert report["problems"] == []
+    assert [
+        (
+            f["kind"],
+            f["study_uid"],
+            f["algorithm_name"],
+            f["expected_revision"],
+            f["found_revision"],
+        )
+        for f in report["checkpoint_findings"]
+    ] == [("TRUNCATED", key["study_uid"], key["algorithm_name"], newest, newest - 1)]
+
+
+def test_a_key_deleted_whole_is_missing(chdb_copy: Path, backend: ChdbBackend) -> None:
+    key = key_with_revisions(backend, at_least=1)
+    backend.execute("SET mutations_sync = 2")
+    backend.execute(f"ALTER TABLE lineage_history DELETE WHERE {key_where(key)}")
+    backend.close()
+    report = json.loads(verify_cli(chdb_copy).stdout)
+    assert report["problems"] == []
+    assert [
+        (f["kind"], f["study_uid"], f["found_revision"]) for f in report["checkpoint_findings"]
+    ] == [("MISSING", key["study_uid"], None)]
+
+
+def test_a_key_forged_with_a_valid_chain_is_extra(chdb_copy: Path, backend: ChdbBackend) -> None:
+    key = key_with_revisions(backend, at_least=2)
+    columns, rows = backend.execute(
+        f"SELECT {', '.join(LINEAGE_COLUMNS)} FROM lineage_history WHERE {key_where(key)} "
+        "ORDER BY revision"
+    )
+    forged, previous = [], None
+    for row in rows:
+        record = lineage_from_row(dict(zip(columns, row, strict=True)))
+        record = record.model_copy(update={"study_uid": "1.2.3.9999.forged", "prev_hash": previous})
+        record = record.model_copy(update={"record_hash": record_hash(record)})
+        previous = record.record_hash
+        forged.append(tuple(record.model_dump(mode="json").values()))
+    backend.insert("lineage_history", LINEAGE_COLUMNS, forged)
+    backend.close()
+    report = json.loads(verify_cli(chdb_copy).stdout)
+    assert report["problems"] == []  # a consistent chain: only the checkpoint tells
+    assert [(f["kind"], f["study_uid"]) for f in report["checkpoint_findings"]] == [
+        ("EXTRA", "1.2.3.9999.forged")
+    ]
+
+
+def test_a_forged_checkpoint_is_reported(chdb_copy: Path, backend: ChdbBackend) -> None:
+    key = key_with_revisions(backend)
+    backend.execute("SET mutations_sync = 2")
+    # Truncate a chain, then remove its head from the checkpoint and fix the root up:
+    # without the key the signature cannot follow.
+    backend.execute(f"ALTER TABLE lineage_history DELETE WHERE {where(key, key['revisions'])}")
+    backend.execute(f"ALTER TABLE audit_checkpoint_heads DELETE WHERE {key_where(key)}")
+    [checkpoint] = latest_checkpoints(backend)
+    heads = read_heads(backend, checkpoint)
+    count, root = heads_root(heads)
+    backend.execute(
+        f"ALTER TABLE audit_checkpoints UPDATE merkle_root = '{root}', head_count = {count} "
+        "WHERE input_partition = 0"
+    )
+    backend.close()
+    result = runner.invoke(app, ["audit", "verify", "--demo", "--chdb", str(chdb_copy)])
+    assert result.exit_code == 1
+    assert (
+        "✗ FORGED checkpoint 1 of partition 0: the signature does not match the checkpoint"
+        in result.stdout
+    )
+    report = json.loads(verify_cli(chdb_copy).stdout)
+    assert [f["kind"] for f in report["checkpoint_findings"]] == ["FORGED"]
+    assert report["checkpoints"][0]["verified"] is False
+
+
+def test_an_altered_root_and_an_unknown_key_are_reported(
+    chdb_copy: Path, backend: ChdbBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend.execute("SET mutations_sync = 2")
+    backend.execute(
+        "ALTER TABLE audit_checkpoints UPDATE merkle_root = reverse(merkle_root) "
+        "WHERE input_partition = 0"
+    )
+    backend.close()
+    report = json.loads(verify_cli(chdb_copy).stdout)
+    assert [f["kind"] for f in report["checkpoint_findings"]] == ["FORGED", "ALTERED"]
+
+    # A verifier with a real key does not accept the public demo key's signatures.
+    monkeypatch.setenv("IMGOV_CHECKPOINT_KEY", "hex:" + "ab" * 32)
+    result = runner.invoke(app, ["audit", "verify", "--chdb", str(chdb_copy), "-f", "json"])
+    assert result.exit_code == 1
+    first = json.loads(result.stdout)["checkpoint_findings"][0]
+    assert first["kind"] == "FORGED" and "not a configured checkpoint key" in first["detail"]

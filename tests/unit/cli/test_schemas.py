@@ -32,7 +32,7 @@ def _versions() -> int:
 def test_check_passes_on_the_repository() -> None:
     result = runner.invoke(schemas_app, ["check"])
     assert result.exit_code == 0, result.output
-    assert f"ok: 8 schemas, {_versions()} registered versions" in result.output
+    assert f"ok: 9 schemas, {_versions()} registered versions" in result.output
 
 
 def test_imgov_has_the_schemas_commands() -> None:

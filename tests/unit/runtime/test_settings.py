@@ -66,15 +66,23 @@ def test_namespace_prefixes_every_topic() -> None:
 def test_worker_file_paths_resolve_against_its_folder_without_writing(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    for name in ("IMGOV_PSEUDONYM_KEY", "IMGOV_PSEUDONYM_KEY_FILE", "IMGOV_BREACH_POLICY"):
+    for name in (
+        "IMGOV_PSEUDONYM_KEY",
+        "IMGOV_PSEUDONYM_KEY_FILE",
+        "IMGOV_CHECKPOINT_KEY",
+        "IMGOV_CHECKPOINT_KEY_FILE",
+        "IMGOV_BREACH_POLICY",
+    ):
         monkeypatch.delenv(name, raising=False)
     folder = tmp_path / "conf"
     folder.mkdir()
     (folder / "policy.toml").write_bytes(DEFAULT_POLICY.read_bytes())
     (folder / "key.bin").write_bytes(bytes(range(1, 33)))
+    (folder / "checkpoint.bin").write_bytes(bytes(range(2, 34)))
     config = folder / "imgov.toml"
     config.write_text(
-        'breach_policy = "policy.toml"\npseudonym_key_file = "key.bin"\n\n'
+        'breach_policy = "policy.toml"\npseudonym_key_file = "key.bin"\n'
+        'checkpoint_key_file = "checkpoint.bin"\n\n'
         '[worker]\napp_id = "w"\n\n[kpi]\nallowed_lateness_ms = 60000\n'
     )
     listing = sorted(folder.iterdir())
@@ -90,6 +98,7 @@ def test_worker_file_paths_resolve_against_its_folder_without_writing(
     assert plan.worker.app_id == "w"
     assert plan.governance.breach_policy == folder / "policy.toml"
     assert plan.governance.pseudonym_key_file == folder / "key.bin"
+    assert plan.governance.checkpoint_key_file == folder / "checkpoint.bin"
     assert plan.governance.kpi.allowed_lateness_ms == 60_000
     assert not plan.governance.demo
 
