@@ -12,7 +12,7 @@ CLICKHOUSE := infra/clickhouse/clickhouse.sh
 DICOM      := infra/dicom/install.sh
 PROMETHEUS := infra/prometheus/prometheus.sh
 
-.PHONY: help venv dicom-tools monitoring-tools monitoring-up monitoring-down up down status test unit integration lint bench soak demo clean
+.PHONY: help venv dicom-tools kafka-tools monitoring-tools monitoring-up monitoring-down up down status test unit integration fuzz lint bench soak demo clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -28,6 +28,10 @@ venv: $(STAMP) ## Create the virtualenv and install imgov with its dev tools
 # DCMTK's storescu is the real DICOM sender of the gateway's tests (apt-get, once; root).
 dicom-tools: ## Install DCMTK (storescu) if it is missing
 	bash $(DICOM) install
+
+# Debian's kcat: the third-party Kafka client of the security tests (apt-get, once; root).
+kafka-tools: ## Install kcat if it is missing
+	bash $(KAFKA) tools
 
 # Debian's prometheus (promtool) and prometheus-alertmanager (apt-get, once; root).
 monitoring-tools: ## Install Prometheus, promtool and Alertmanager if they are missing
@@ -57,7 +61,7 @@ status: ## Show whether the services run, with their memory
 # The services are stopped even when a test fails, and the target exits with the
 # test result. A service that fails to start fails the run (before any test), and so
 # does an import that breaks the layers (pyproject.toml [tool.importlinter]).
-test: venv dicom-tools monitoring-tools ## Install what is missing, start the services, run every test, stop them
+test: venv dicom-tools kafka-tools monitoring-tools ## Install what is missing, start the services, run every test, stop them
 	@status=0; \
 	$(MAKE) --no-print-directory up || status=$$?; \
 	if [ $$status -eq 0 ]; then \
@@ -76,6 +80,14 @@ unit: venv ## Run the unit tests only (no servers)
 
 integration: venv ## Run the integration tests against running services (make up first)
 	$(BIN)/pytest -q tests/integration
+
+# The fuzz tests (tests/unit/fuzz) also run in `make test` and `make unit`, 500 examples
+# per target (about 30 s); this runs FUZZ_EXAMPLES per target, without the per-test
+# timeout. The examples run and inputs rejected per target are printed at the end and
+# written to .imgov/fuzz/summary.json; a failure is kept in .hypothesis/ and replayed first.
+FUZZ_EXAMPLES ?= 10000
+fuzz: venv ## Fuzz the decoders and gateway parsers, FUZZ_EXAMPLES per target (default 10000)
+	IMGOV_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q --timeout=0 tests/unit/fuzz
 
 lint: venv ## Ruff, mypy (strict on the pure core and the contracts), the import layers
 	$(BIN)/ruff check streams schemas sinks tests

@@ -8,6 +8,7 @@ truth; a unit test checks schema and model agree field by field.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
@@ -21,8 +22,10 @@ from schemas.events import (
 )
 
 __all__ = [
+    "AuditCheckpoint",
     "Breach",
     "BreachState",
+    "ChainHead",
     "Completeness",
     "DeadLetter",
     "DeadLetterReason",
@@ -81,6 +84,9 @@ class DeadLetterReason(StrEnum):
     OVERSIZED = "OVERSIZED"
     LATE_AFTER_WINDOW_CLOSED = "LATE_AFTER_WINDOW_CLOSED"
     """A lineage revision whose KPI contribution reached windows already closed."""
+    SINK_REJECTED = "SINK_REJECTED"
+    """An output row the audit database refused (a value its column does not take):
+    the row as JSON, the table and the database's error (``sinks.refusals``)."""
 
 
 class _Record(BaseModel):
@@ -225,7 +231,10 @@ class DeadLetter(_Record):
     """An input that could not be accepted, with its original bytes (DESIGN §6, §7).
 
     Also a KPI contribution that reached a closed window (LATE_AFTER_WINDOW_CLOSED):
-    then ``value`` is the lineage revision (JSON) and ``message`` names the windows.
+    then ``value`` is the lineage revision (JSON) and ``message`` names the windows;
+    and an output row the audit database refused (SINK_REJECTED): then ``value`` is
+    the row (JSON), ``key`` its identity, ``message`` the table and the error, and the
+    header ``table`` names the table.
     """
 
     reason: DeadLetterReason
@@ -239,3 +248,39 @@ class DeadLetter(_Record):
     event_id: str | None = None
     study_uid: str | None = None
     received_at_ms: int | None = None
+
+
+class ChainHead(NamedTuple):
+    """The newest revision of one lineage key, as an audit checkpoint names it.
+
+    A named tuple rather than a model: a checkpoint holds one per open lineage key.
+    """
+
+    site_id: str
+    study_uid: str
+    algorithm_name: str
+    finding_code: str
+    revision: int
+    record_hash: str
+
+
+class AuditCheckpoint(_Record):
+    """A signed summary of every lineage chain head of one partition (DESIGN §8).
+
+    ``merkle_root`` summarises the heads (``streams.core.lineage.anchor``), which are
+    stored beside it (ClickHouse ``audit_checkpoint_heads``) rather than in it: a
+    partition holds far more heads than one Kafka message may carry. ``signature`` is
+    the HMAC-SHA256, under the checkpoint key named by ``key_id``, of the canonical
+    encoding of every other field.
+    """
+
+    format_version: int
+    partition: int
+    sequence: int
+    created_at_ms: int
+    watermark_ms: int | None = None
+    evictable_before_ms: int | None = None
+    head_count: int
+    merkle_root: str
+    key_id: str
+    signature: str

@@ -6,8 +6,12 @@ itself) and, per batch, in this order (DESIGN §7, STYLE rule 8):
 1. the stage computes every output; state changes stay staged;
 2. the rows go to the ClickHouse sink, which is flushed in a worker thread; while
    ClickHouse is down the flush backs off and is retried, forever, with the batch's
-   offsets unacknowledged (backpressure: the agent takes no new batch meanwhile);
-3. the output messages are produced and the producer flushed;
+   offsets unacknowledged (backpressure: the agent takes no new batch meanwhile). A
+   batch ClickHouse refuses for some of its values is split by the sink: the other
+   rows are written and each refused row becomes a ``SINK_REJECTED`` dead letter, in
+   ``rejected_events`` when the flush returns (``sinks.refusals``);
+3. the output messages, those dead letters included, are produced and the producer
+   flushed;
 4. the staged state is written (local store, then changelog) and the producer flushed
    again, so the changelog holds it;
 5. the input messages are acknowledged; Faust commits acknowledged offsets on its
@@ -43,6 +47,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from schemas.records import DeadLetter
 from sinks.base import Output, SinkBackpressureError, SinkError
 from sinks.clickhouse.writer import ClickHouseSink
 from streams.runtime.outputs import InputMessage, OutgoingMessage, OutputEncoder
@@ -50,6 +55,7 @@ from streams.runtime.staged_store import PartitionedStore, StagedWrite
 from streams.runtime.stages import KpiBatch, KpiStage, LineageBatch, LineageStage
 
 if TYPE_CHECKING:
+    from streams.runtime.anchor import CheckpointAnchor
     from streams.runtime.telemetry import WorkerTelemetry
 
 __all__ = [
@@ -134,8 +140,14 @@ class SinkFlusher:
         self._telemetry = telemetry
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sink-{name}")
 
-    async def flush(self) -> None:
-        """Returns once every added row is written; retries while ClickHouse is down."""
+    async def flush(self) -> list[DeadLetter]:
+        """Returns once every added row is written; retries while ClickHouse is down.
+
+        Returns:
+            The ``SINK_REJECTED`` dead letters of the rows ClickHouse refused since the
+            last flush (already in ``rejected_events``): the caller produces them to
+            the dead-letter topic before it acknowledges the batch.
+        """
         loop = asyncio.get_running_loop()
         warned = False
         started = time.perf_counter()
@@ -144,9 +156,11 @@ class SinkFlusher:
                 await loop.run_in_executor(self._executor, self.sink.flush)
                 if warned:
                     log.warning("ClickHouse is back; %d rows written", self.sink.rows_written)
+                refusals = self.sink.take_refusals()
                 if self._telemetry is not None:
                     self._telemetry.flushed(self.name, self.sink, time.perf_counter() - started)
-                return
+                    self._telemetry.refused(refusals)
+                return [letter for refusal in refusals for letter in refusal.letters]
             except SinkBackpressureError as exc:
                 if self._telemetry is not None:
                     self._telemetry.flush_failed(self.name, "unavailable")
@@ -155,7 +169,9 @@ class SinkFlusher:
                     warned = True
                 await asyncio.sleep(min(max(exc.retry_after_s, 0.2), 5.0))
             except SinkError as exc:
-                # A rejected batch (not an outage): keep the rows, retry slowly, stay alive.
+                # A rejected statement, not a value (refused rows are split off by the
+                # sink): an unknown column or a missing grant that an operator must fix.
+                # Keep the rows, retry slowly, stay alive.
                 if self._telemetry is not None:
                     self._telemetry.flush_failed(self.name, "rejected")
                 log.error("ClickHouse rejected a batch, retrying in 5 s: %s", exc)
@@ -229,6 +245,8 @@ class LineageRunner:
             idle (left out of its partition's watermark) until its next message.
         align_skew_ms: sources whose watermark runs more than this ahead of the
             slowest are paused.
+        anchor: makes the audit checkpoints of the owned partitions (``audit_tick``,
+            and at stop), or None for none.
         clock: monotonic seconds (idle detection).
     """
 
@@ -243,9 +261,11 @@ class LineageRunner:
         contributions_partitions: int = 1,
         source_idle_s: float = 10.0,
         align_skew_ms: int = 2 * 3_600_000,
+        anchor: CheckpointAnchor | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._io = io
+        self._anchor = anchor
         self.lineage = stage
         self._lineage_store = store
         self._lineage_sink = sink
@@ -315,14 +335,15 @@ class LineageRunner:
         records: list[Output] = [*batch.lineage, *batch.reviews, *batch.dead_letters]
         for record in records:
             sink.add(record)
-        if batch.dead_letters and self._io.telemetry is not None:
-            self._io.telemetry.dead_letters("lineage", (d.reason for d in batch.dead_letters))
-        await self._lineage_sink.flush()
+        refused = await self._lineage_sink.flush()
+        letters = batch.dead_letters + refused
+        if letters and self._io.telemetry is not None:
+            self._io.telemetry.dead_letters("lineage", (d.reason for d in letters))
         enc = self._io.encoder
         await self._io.produce(
             enc.lineage_and_contributions(batch.lineage)
             + enc.reviews(batch.reviews)
-            + enc.dead_letters(batch.dead_letters)
+            + enc.dead_letters(letters)
         )
 
     def _check_assignment(self) -> None:
@@ -395,13 +416,47 @@ class LineageRunner:
             self._io.resume(resume)
         self._paused = ahead
 
+    async def audit_tick(self) -> None:
+        """Timer: an audit checkpoint of every owned partition, when one is due.
+
+        Between batches (the state is what they wrote durably) and never during a
+        rebalance (the state of new partitions is still being recovered).
+        """
+        if self._anchor is None or not self._anchor.due():
+            return
+        if self._lock.locked() or not self._io.settled():
+            return
+        async with self._lock:
+            self._check_assignment()
+            await self._audit_checkpoint()
+
+    async def _audit_checkpoint(self) -> None:
+        """Writes the checkpoints (ClickHouse), then produces them; the lock is held."""
+        if self._anchor is None:
+            return
+        joiner = self.lineage.joiner
+        made = await self._anchor.checkpoint(
+            self._lineage_store,
+            {p for _, p in self._owned},
+            joiner.watermark_ms,
+            joiner.eviction_cutoff_ms,
+        )
+        if made:
+            await self._io.produce(self._io.encoder.audit_checkpoints(made))
+
     async def stop(self) -> None:
-        """Graceful stop: waits for the batch in progress, then takes no other.
+        """Graceful stop: waits for the batch in progress, then takes no other, and
+        writes a last audit checkpoint of what the batches so far wrote.
 
         The lock is kept: batches Faust already handed over wait on it unacknowledged
         and are read again after a restart.
         """
         await self._lock.acquire()
+        if self._anchor is not None and self._io.settled():
+            try:
+                await self._audit_checkpoint()
+            except Exception as exc:  # the stop goes on without it
+                log.error("last audit checkpoint failed: %s", exc)
 
     async def send_close_markers(self, partitions: int) -> None:
         """Idle close: one control message to every contributions partition."""
@@ -584,11 +639,12 @@ class KpiRunner:
         outputs: list[Output] = [*batch.kpis, *batch.breaches, *batch.dead_letters]
         for record in outputs:
             sink.add(record)
-        if batch.dead_letters and self._io.telemetry is not None:
-            self._io.telemetry.dead_letters("kpi", (d.reason for d in batch.dead_letters))
-        await self._kpi_sink.flush()
+        refused = await self._kpi_sink.flush()
+        letters = batch.dead_letters + refused
+        if letters and self._io.telemetry is not None:
+            self._io.telemetry.dead_letters("kpi", (d.reason for d in letters))
         messages = self._io.encoder.breaches(batch.breaches)
-        messages += self._io.encoder.dead_letters(batch.dead_letters)
+        messages += self._io.encoder.dead_letters(letters)
         for i in range(0, len(batch.kpis), _SLICE):
             messages += self._io.encoder.kpis(batch.kpis[i : i + _SLICE])
             await asyncio.sleep(0)  # see _SLICE

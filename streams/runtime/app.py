@@ -7,6 +7,8 @@ Topology (names behind the optional ``topic_namespace``)::
     imaging.report.v1 ──────┘   table lineage-state ├─> governance.dlq.v1 (bad input, bytes kept)
      (co-partitioned by study)  (RocksDB+changelog) ├─> ClickHouse event_log, lineage_history,
                                                     │   review_candidates, rejected_events
+                                                    ├─> governance.audit.checkpoint.v1 and
+                                                    │   ClickHouse audit_checkpoints (timer)
                                                     └─> imgov.internal.kpi-contributions.v1
                                                          (key: algorithm|finding)
                                                               │
@@ -49,17 +51,21 @@ from schemas.codec import Codec
 from schemas.registry import registry_from_environ
 from sinks.clickhouse.settings import ClickHouseSettings
 from sinks.clickhouse.writer import ClickHouseSink
+from sinks.query import ClickHouseBackend
 from streams.core.kpi.aggregator import KpiAggregator
 from streams.governance import (
     GovernanceSettings,
     build_breach_evaluator,
     build_pseudonymiser,
     build_validator,
+    checkpoint_keyring,
     lineage_config,
     wall_clock_ms,
 )
+from streams.kafka_security import KafkaSecurity
 from streams.metrics import WorkerMetrics
 from streams.runtime.agents import KpiRunner, LineageRunner, SinkFlusher, WorkerIO
+from streams.runtime.anchor import CheckpointAnchor
 from streams.runtime.faust_fixes import apply_faust_commit_fixes
 from streams.runtime.faust_store import FaustTableStore
 from streams.runtime.outputs import OutgoingMessage, OutputEncoder
@@ -85,8 +91,15 @@ _SINK_OPTIONS: dict[str, Any] = {
 class GroupProgress:
     """What the consumer group has not committed yet of its inputs (blocking; threads)."""
 
-    def __init__(self, bootstrap: str, group: str, topics: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        group: str,
+        topics: tuple[str, ...],
+        security: KafkaSecurity | None = None,
+    ) -> None:
         self._bootstrap = bootstrap
+        self._security = security or KafkaSecurity()
         self._group = group
         self._topics = topics
         self._admin: Any = None
@@ -101,8 +114,9 @@ class GroupProgress:
 
         try:
             if self._admin is None:
-                self._admin = KafkaAdminClient(bootstrap_servers=self._bootstrap)
-                self._consumer = KafkaConsumer(bootstrap_servers=self._bootstrap)
+                options = self._security.client_options()
+                self._admin = KafkaAdminClient(bootstrap_servers=self._bootstrap, **options)
+                self._consumer = KafkaConsumer(bootstrap_servers=self._bootstrap, **options)
             tps = [
                 TopicPartition(topic, p)
                 for topic in self._topics
@@ -253,6 +267,8 @@ def build_app(
     app = faust.App(
         worker.group_id,
         broker=_broker_url(kafka.bootstrap),
+        # TLS and SASL for every client Faust opens (consumer, producers, topic admin).
+        broker_credentials=kafka.security().faust_credentials(),
         store="rocksdb://" if worker.store == "rocksdb" else "memory://",
         # Per group: Faust keeps each table's changelog offset in its RocksDB files
         # without the topic's name, so state of another app id must never be reopened.
@@ -403,8 +419,14 @@ def _add_lineage(
         contributions_partitions=worker.partitions,
         source_idle_s=worker.source_idle_s,
         align_skew_ms=worker.align_skew_ms,
+        anchor=CheckpointAnchor(
+            keyring=checkpoint_keyring(governance),
+            connect=lambda: ClickHouseBackend.connect(clickhouse),
+            interval_s=worker.audit_checkpoint_interval_s,
+            wall_clock_ms=wall_clock_ms,
+        ),
     )
-    progress = GroupProgress(kafka.bootstrap, worker.group_id, topics.inputs)
+    progress = GroupProgress(kafka.bootstrap, worker.group_id, topics.inputs, kafka.security())
     app.imgov_lineage = runner  # type: ignore[attr-defined]
 
     @app.agent(inputs, name=LINEAGE_AGENT)
@@ -415,6 +437,10 @@ def _add_lineage(
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
     async def watermark_tick() -> None:
         await runner.watermark_tick()
+
+    @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
+    async def audit_tick() -> None:
+        await runner.audit_tick()
 
     @app.timer(interval=max(1.0, min(worker.idle_close_s / 2, 5.0)))  # type: ignore[untyped-decorator]
     async def idle_close() -> None:
@@ -484,7 +510,9 @@ def _add_kpi(
     # message fetched and never delivered (seen once: a close marker, the last message
     # of its partition) leaves the KPI agent idle with its commit one short of the end
     # for good, and the windows of that partition never close.
-    progress = GroupProgress(kafka.bootstrap, worker.group_id, (topics.contributions,))
+    progress = GroupProgress(
+        kafka.bootstrap, worker.group_id, (topics.contributions,), kafka.security()
+    )
     stalls = CommitStallGuard(app, (topics.contributions,))
 
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]

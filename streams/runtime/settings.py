@@ -11,7 +11,9 @@ with a message naming the setting. Topic names are the constants of ``streams.to
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
+import ssl
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +22,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -27,23 +31,191 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.errors import ImgovError
+from streams.kafka_security import (
+    KafkaSecurity,
+    SaslMechanism,
+    SecurityProtocol,
+    read_secret_file,
+)
 from streams.paths import STATE_DIR
 from streams.topics import DEFAULT_APP_ID, KPI_GROUP_SUFFIX
 
 __all__ = [
+    "KafkaConfigError",
     "KafkaSettings",
     "WorkerConfigError",
     "WorkerSettings",
+    "load_kafka_settings",
     "load_worker_settings",
 ]
 
+_TLS_FILES = ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_key_password_file")
+_SASL_VALUES = ("sasl_username", "sasl_password", "sasl_password_file")
+
 
 class KafkaSettings(BaseSettings):
-    """How to reach Kafka (``IMGOV_KAFKA_BOOTSTRAP``)."""
+    """How to reach Kafka, and how to authenticate and encrypt (``IMGOV_KAFKA_*``).
 
-    model_config = SettingsConfigDict(env_prefix="IMGOV_KAFKA_", extra="ignore")
+    Secrets come from files (``*_file``) or the environment, never from the command
+    line (where ``ps`` shows them). Every file is read, and the TLS context built once,
+    when the settings load: a wrong path, an unreadable CA or a missing password stops
+    the command at start with a message naming the variable.
+
+    Attributes:
+        bootstrap: ``host:port[,host:port...]``.
+        security_protocol: ``PLAINTEXT`` (the default), ``SSL``, ``SASL_SSL``, or
+            ``SASL_PLAINTEXT`` (credentials in clear text: a trusted network only).
+        ssl_cafile: PEM CA the broker certificates chain to (default: system CAs).
+        ssl_certfile: PEM client certificate, for brokers that require mutual TLS.
+        ssl_keyfile: PEM key of ``ssl_certfile`` (unset: the key is in the certificate file).
+        ssl_key_password_file: file holding the key's passphrase (or ``ssl_key_password``).
+        ssl_check_hostname: check that the broker certificate names the broker's host.
+        sasl_mechanism: ``SCRAM-SHA-512`` (the default), ``SCRAM-SHA-256`` or ``PLAIN``.
+        sasl_username: the SASL user.
+        sasl_password_file: file holding the SASL password (mode 600 recommended).
+        sasl_password: the SASL password itself, from the environment only.
+    """
+
+    # An empty variable (IMGOV_KAFKA_SSL_CAFILE=) means unset, not the current directory.
+    model_config = SettingsConfigDict(
+        env_prefix="IMGOV_KAFKA_", extra="ignore", env_ignore_empty=True
+    )
 
     bootstrap: str = Field("127.0.0.1:19092", description="host:port[,host:port...]")
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_key_password_file: Path | None = None
+    ssl_key_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
+    sasl_mechanism: SaslMechanism = "SCRAM-SHA-512"
+    sasl_username: str | None = None
+    sasl_password_file: Path | None = None
+    sasl_password: SecretStr | None = None
+
+    _security: KafkaSecurity = PrivateAttr(default_factory=KafkaSecurity)
+
+    def security(self) -> KafkaSecurity:
+        """Returns the resolved security settings (secrets read from their files)."""
+        return self._security
+
+    @field_validator("security_protocol", "sasl_mechanism", mode="before")
+    @classmethod
+    def _upper_case(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _resolve_security(self) -> KafkaSettings:
+        protocol = self.security_protocol
+        tls, sasl = protocol in ("SSL", "SASL_SSL"), protocol in ("SASL_SSL", "SASL_PLAINTEXT")
+        for name in _TLS_FILES if not tls else ():
+            if getattr(self, name) is not None:
+                raise ValueError(
+                    f"{_env(name)} is set but {_env('security_protocol')} is {protocol}:"
+                    " use SSL or SASL_SSL, or unset it"
+                )
+        for name in _SASL_VALUES if not sasl else ():
+            if getattr(self, name) is not None:
+                raise ValueError(
+                    f"{_env(name)} is set but {_env('security_protocol')} is {protocol}:"
+                    " use SASL_SSL, or unset it"
+                )
+        if self.ssl_certfile is None:
+            for name in ("ssl_keyfile", "ssl_key_password_file", "ssl_key_password"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{_env(name)} is set without {_env('ssl_certfile')}")
+        for name in (*_TLS_FILES, "sasl_password_file"):
+            _check_readable(name, getattr(self, name))
+        key_password = _secret(
+            "ssl_key_password", self.ssl_key_password, self.ssl_key_password_file
+        )
+        password = _secret("sasl_password", self.sasl_password, self.sasl_password_file)
+        if sasl and (not self.sasl_username or password is None):
+            raise ValueError(
+                f"{_env('security_protocol')}={protocol} needs {_env('sasl_username')} and a"
+                f" password ({_env('sasl_password_file')} or {_env('sasl_password')})"
+            )
+        self._security = KafkaSecurity(
+            protocol=protocol,
+            cafile=self.ssl_cafile,
+            certfile=self.ssl_certfile,
+            keyfile=self.ssl_keyfile,
+            key_password=key_password,
+            check_hostname=self.ssl_check_hostname,
+            mechanism=self.sasl_mechanism,
+            username=self.sasl_username if sasl else None,
+            password=password if sasl else None,
+        )
+        if tls:
+            _check_tls(self._security)
+        return self
+
+
+class KafkaConfigError(ImgovError):
+    """The Kafka settings (``IMGOV_KAFKA_*``) are invalid; the message names the variable."""
+
+
+def load_kafka_settings(**overrides: Any) -> KafkaSettings:
+    """Returns the Kafka settings of the environment, with ``overrides`` (e.g. a
+    ``--bootstrap`` option) applied, validated as a whole.
+
+    Raises:
+        KafkaConfigError: a value, a combination or a file is invalid (named).
+    """
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return KafkaSettings(**given)
+    except ValidationError as exc:
+        problems = "; ".join(
+            (f"{_env(str(err['loc'][0]))}: " if err["loc"] else "")
+            + str(err["msg"]).removeprefix("Value error, ")
+            for err in exc.errors()
+        )
+        raise KafkaConfigError(f"invalid Kafka settings: {problems}") from exc
+
+
+def _env(name: str) -> str:
+    return f"IMGOV_KAFKA_{name.upper()}"
+
+
+def _check_readable(name: str, path: Path | None) -> None:
+    if path is None:
+        return
+    if not path.is_file():
+        raise ValueError(f"{_env(name)}: {path} does not exist or is not a file")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"{_env(name)}: {path} is not readable by this user")
+
+
+def _secret(name: str, value: SecretStr | None, file: Path | None) -> SecretStr | None:
+    if value is not None and file is not None:
+        raise ValueError(f"set {_env(name)} or {_env(name + '_file')}, not both")
+    if file is None:
+        return value
+    try:
+        return read_secret_file(file)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{_env(name + '_file')}: cannot read a secret: {exc}") from exc
+
+
+def _check_tls(security: KafkaSecurity) -> None:
+    """Builds the TLS context once, so that a bad CA, certificate or key fails at start."""
+    if security.cafile is not None:
+        try:
+            ssl.create_default_context(cafile=str(security.cafile))
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(
+                f"{_env('ssl_cafile')}: {security.cafile} holds no usable PEM CA certificate"
+                f" ({exc})"
+            ) from exc
+    try:
+        security.ssl_context()
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(
+            f"{_env('ssl_certfile')}/{_env('ssl_keyfile')}: cannot load the client certificate"
+            f" {security.certfile} with its key (wrong file, key or passphrase?): {exc}"
+        ) from exc
 
 
 class WorkerConfigError(ImgovError):
@@ -98,6 +270,9 @@ class WorkerSettings(BaseSettings):
         checkpoint_interval_s: how often the KPI state (window snapshots) is written
             and the contributions processed since are committed; a crash recomputes at
             most this much.
+        audit_checkpoint_interval_s: how often (processing time) the lineage stage
+            writes a signed audit checkpoint of its chain heads per input partition
+            (``streams.runtime.anchor``); one is also written when the worker stops.
         web_enabled: run Faust's web server (bound to ``web_host`` only).
         web_host: the web server's address; only loopback is allowed.
         web_port: the web server's port.
@@ -131,6 +306,7 @@ class WorkerSettings(BaseSettings):
     leave_group_on_stop: bool = True
     current_interval_s: float = Field(10.0, gt=0, le=3600)
     checkpoint_interval_s: float = Field(5.0, gt=0, le=300)
+    audit_checkpoint_interval_s: float = Field(60.0, ge=1, le=86400)
     web_enabled: bool = False
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=1, le=65535)
@@ -202,6 +378,7 @@ class _FileWorker(BaseModel):
     leave_group_on_stop: bool | None = None
     current_interval_s: float | None = None
     checkpoint_interval_s: float | None = None
+    audit_checkpoint_interval_s: float | None = None
     web_enabled: bool | None = None
     web_host: str | None = None
     web_port: int | None = None

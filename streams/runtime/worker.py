@@ -19,15 +19,18 @@ from schemas.units import DAY_MS
 from sinks.clickhouse.settings import ClickHouseSettings
 from streams.governance import (
     GovernanceSettings,
+    checkpoint_keyring,
     lineage_config,
     load_settings,
     settings_from_mapping,
 )
+from streams.kafka_security import KafkaLoginError, check_login_blocking
 from streams.metrics import MetricsServer, WorkerMetrics, serve_metrics
 from streams.runtime.settings import (
     KafkaSettings,
     WorkerConfigError,
     WorkerSettings,
+    load_kafka_settings,
     load_worker_settings,
 )
 from streams.runtime.topic_admin import TopicRole, TopicSpec, create_topics, load_topics
@@ -58,10 +61,15 @@ def plan_worker(config_file: Path | None = None, *, demo: bool = False) -> Worke
     worker = load_worker_settings(config_file)
     governance = _governance_settings(config_file, demo)
     lineage_config(governance)  # fails now, with its message, rather than at first event
+    checkpoint_keyring(governance)  # the audit checkpoint key, likewise
     try:
-        kafka, clickhouse = KafkaSettings(), ClickHouseSettings()
-    except Exception as exc:  # pydantic ValidationError from IMGOV_KAFKA_* / IMGOV_CLICKHOUSE_*
-        raise WorkerConfigError(f"invalid Kafka/ClickHouse settings: {exc}") from exc
+        kafka = load_kafka_settings()
+    except ImgovError as exc:
+        raise WorkerConfigError(str(exc)) from exc
+    try:
+        clickhouse = ClickHouseSettings()
+    except Exception as exc:  # pydantic ValidationError from IMGOV_CLICKHOUSE_*
+        raise WorkerConfigError(f"invalid ClickHouse settings: {exc}") from exc
     for host in kafka.bootstrap.split(","):
         if not host.strip() or ":" not in host:
             raise WorkerConfigError(
@@ -107,7 +115,7 @@ def ensure_worker_topics(plan: WorkerPlan) -> None:
             config={"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)},
         )
     )
-    results = create_topics(plan.kafka.bootstrap, specs)
+    results = create_topics(plan.kafka.bootstrap, specs, security=plan.kafka.security())
     wrong = [
         r
         for r in results
@@ -125,7 +133,8 @@ def run_worker(plan: WorkerPlan) -> None:
     """Runs the worker until it is stopped (SIGINT/SIGTERM); blocks.
 
     Raises:
-        ImgovError: topics could not be prepared, or the app could not be built.
+        ImgovError: the broker refused the login (TLS/SASL), topics could not be
+            prepared, or the app could not be built.
     """
     from streams.runtime.app import build_app
     from streams.runtime.stop import GracefulStop, ImgovWorker
@@ -133,6 +142,11 @@ def run_worker(plan: WorkerPlan) -> None:
     metrics = WorkerMetrics() if plan.worker.metrics_enabled else None
     server = None if metrics is None else _serve(metrics, plan.worker)
     try:
+        # Faust retries a refused login for ever, silently: refuse to start instead.
+        try:
+            check_login_blocking(plan.kafka.bootstrap, plan.kafka.security())
+        except KafkaLoginError as exc:
+            raise WorkerError(str(exc)) from exc
         if plan.worker.create_topics:
             ensure_worker_topics(plan)
         plan.worker.datadir.mkdir(parents=True, exist_ok=True)

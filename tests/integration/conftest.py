@@ -20,6 +20,7 @@ from clickhouse_driver import Client
 
 from streams.paths import REPO_ROOT
 from streams.runtime.topic_admin import TopicRole, TopicSpec, create_topics
+from tests.integration.secure_kafka import SecureListener, find_secure_listener
 from tests.integration.test_live_harness import LiveEnv, opened
 
 KAFKA_BOOTSTRAP = os.environ.get("IMGOV_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
@@ -115,6 +116,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # A broker restart disturbs every client connected at that moment: run those tests
     # last (a stable sort keeps the order of everything else).
     items.sort(key=lambda item: item.get_closest_marker("broker_restart") is not None)
+
+
+@pytest.fixture(scope="session")
+def kafka_sasl_ssl(kafka_bootstrap: str) -> SecureListener:
+    """The broker's SASL_SSL listener (tests/integration/secure_kafka.py): skipped
+    locally, a failure in CI, when kafka.sh did not start the broker with it."""
+    found = find_secure_listener()
+    if isinstance(found, str):
+        if _in_ci():
+            pytest.fail(found)
+        pytest.skip(found)
+    require_service("Kafka SASL_SSL listener", "127.0.0.1", found.port, "make up")
+    return found
 
 
 @pytest.fixture

@@ -42,6 +42,7 @@ from sinks.query import ClickHouseBackend
 from streams.governance import DEMO_SETTINGS, build_processor, build_validator, load_settings
 from streams.paths import REPO_ROOT
 from streams.replay.driver import replay
+from streams.runtime.settings import KafkaSettings, load_kafka_settings
 from streams.topics import WorkerTopics
 
 logging.getLogger("kafka").setLevel(logging.ERROR)
@@ -153,10 +154,14 @@ def produce(
     bootstrap: str,
     messages: list[tuple[str, bytes | None, bytes]],
     headers: dict[int, list[tuple[str, bytes]]] | None = None,
+    client_options: dict[str, Any] | None = None,
 ) -> None:
+    """Produces ``messages`` in order; ``client_options``: TLS/SASL (``LiveEnv.client_options``)."""
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5, **(client_options or {})
+    )
     try:
         for i, (topic, key, value) in enumerate(messages):
             producer.send(topic, key=key, value=value, headers=(headers or {}).get(i))
@@ -236,6 +241,20 @@ class LiveEnv:
     """Leave the databases for a post-mortem (``opened`` drops them otherwise)."""
     metrics_ports: dict[str, int] = field(default_factory=dict)
     """Each worker's metrics port (a free one, kept across its restarts)."""
+    kafka_env: dict[str, str] = field(default_factory=dict)
+    """``IMGOV_KAFKA_*`` security settings (TLS, SASL) of the workers and of the harness's
+    own clients; empty: PLAINTEXT."""
+
+    def kafka_settings(self) -> KafkaSettings:
+        """The Kafka settings of ``kafka_env`` on ``bootstrap``."""
+        given = {k.removeprefix("IMGOV_KAFKA_").lower(): v for k, v in self.kafka_env.items()}
+        return load_kafka_settings(**{**given, "bootstrap": self.bootstrap})
+
+    def client_options(self) -> dict[str, Any]:
+        """kafka-python arguments for ``kafka_env`` (empty for PLAINTEXT)."""
+        if not self.kafka_env:
+            return {}
+        return self.kafka_settings().security().client_options()
 
     @property
     def namespace(self) -> str:
@@ -270,6 +289,7 @@ class LiveEnv:
             "IMGOV_WORKER_BATCH_SIZE": "500",
             "IMGOV_WORKER_LOG_LEVEL": os.environ.get("IMGOV_TEST_WORKER_LOG_LEVEL", "warn"),
             "IMGOV_WORKER_METRICS_PORT": str(self.metrics_port(name)),
+            **self.kafka_env,
             **self.extra_env,
         }
 
@@ -285,7 +305,7 @@ class LiveEnv:
     def create_topics(self) -> None:
         """Creates the namespaced topics as the worker would (before producing)."""
         from streams.governance import load_settings
-        from streams.runtime.settings import KafkaSettings, WorkerSettings
+        from streams.runtime.settings import WorkerSettings
         from streams.runtime.worker import WorkerPlan, ensure_worker_topics
 
         worker = WorkerSettings(
@@ -295,7 +315,7 @@ class LiveEnv:
             WorkerPlan(
                 worker,
                 load_settings(DEMO_SETTINGS, demo=True),
-                KafkaSettings(bootstrap=self.bootstrap),
+                self.kafka_settings(),
                 ClickHouseSettings(database=self.database),
             )
         )
@@ -348,8 +368,9 @@ class LiveEnv:
         from kafka import KafkaConsumer, TopicPartition
         from kafka.admin import KafkaAdminClient
 
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
-        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap)
+        options = self.client_options()
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, **options)
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, **options)
         try:
             topics = (*self.topics.inputs, self.topics.contributions)
             tps = [
@@ -374,7 +395,7 @@ class LiveEnv:
         from kafka.admin import KafkaAdminClient
 
         group = group or self.app_id
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, **self.client_options())
         try:
             offsets = admin.list_group_offsets(group).get(group, {})
         finally:
