@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from faust.sensors import Sensor
 
 from schemas.records import DeadLetterReason
+from sinks.clickhouse.rows import TABLE_COLUMNS
 from streams.metrics import WorkerMetrics
 
 if TYPE_CHECKING:
@@ -53,6 +54,12 @@ class WorkerTelemetry:
             refused = reason is DeadLetterReason.SINK_REJECTED
             for stage in ("lineage", "kpi") if refused else ("kpi" if late else "lineage",):
                 metrics.dead_letters.labels(stage, reason.value)
+        # So do the poison-batch series of every table a sink writes.
+        for table in TABLE_COLUMNS:
+            metrics.poison_batches.labels(table)
+            metrics.rows_rejected.labels(table)
+            metrics.split_inserts.labels(table)
+            metrics.rows_unwritable.labels(table)
 
     # -- per batch (event loop) ------------------------------------------------------
 

@@ -124,19 +124,25 @@ def ops(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 def _wait_caught_up(env: LiveEnv, timeout_s: float = 180) -> None:
-    """Until the group committed every input and contribution, and both stages have a
-    watermark (sooner than ``wait_until_settled``, which also waits out the idle close)."""
+    """Until the group committed every input and contribution, the worker's metrics say
+    so, and both stages have a watermark (sooner than ``wait_until_settled``, which also
+    waits out the idle close)."""
 
     def caught_up() -> bool:
         env.assert_alive()
         try:
-            stages = {
-                labels["stage"]
-                for _, labels, _ in _scrape(env.metrics_url("w1"))["imgov_watermark_lag_seconds"]
-            }
-            return stages == {"lineage", "kpi"} and env.group_lag() == 0
+            served = _scrape(env.metrics_url("w1"))
         except OSError:  # not serving yet
             return False
+        stages = {labels["stage"] for _, labels, _ in served["imgov_watermark_lag_seconds"]}
+        # The worker's own lag gauge is sampled every 2 s: it reaches 0 after the group's.
+        sampled = [v for _, _, v in served["imgov_consumer_lag_messages"]]
+        return (
+            stages == {"lineage", "kpi"}
+            and env.group_lag() == 0
+            and bool(sampled)
+            and not any(sampled)
+        )
 
     prom.wait_for(caught_up, timeout=timeout_s, interval=1, what="the worker to catch up")
 

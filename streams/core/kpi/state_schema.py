@@ -53,6 +53,8 @@ BucketPane = tuple[str, int, int, list[tuple[int, int]]]
 """(KPI name, leaf id, pane start ms, [(bucket, count), ...]) of a duration."""
 PaneIndex = tuple[int, list[tuple[str, int]]]
 """(pane start ms, [(KPI name, leaf id), ...]) of the panes starting there."""
+# The same shape as ``catalogue.Summary``, spelt out on purpose: the stored format must
+# not change when the code's type does (that is a new format, see the module docstring).
 Summary = tuple[
     float | None,
     float | None,

@@ -182,3 +182,21 @@ def test_open_breaches_drop_to_zero_when_they_resolve() -> None:
     open_now.clear()
     telemetry.sample([], None, kpi)
     assert _sample(metrics, gauge, severity="CRITICAL", rule="ppv-floor") == 0
+
+
+def test_dead_letter_and_poison_batch_series_exist_at_zero_from_the_start() -> None:
+    """``increase()`` misses the first burst of a series born with it (and the live
+    operations test checks every family of the catalogue is served)."""
+    metrics = WorkerMetrics()
+    WorkerTelemetry(metrics)
+    for table in ("event_log", "lineage_history", "kpi_values", "rejected_events"):
+        for name in (
+            "imgov_sink_poison_batches_total",
+            "imgov_sink_rows_rejected_total",
+            "imgov_sink_split_inserts_total",
+            "imgov_sink_rows_unwritable_total",
+        ):
+            assert _sample(metrics, name, table=table) == 0.0
+    reason = "SINK_REJECTED"
+    for stage in ("lineage", "kpi"):
+        assert _sample(metrics, "imgov_dead_letters_total", stage=stage, reason=reason) == 0.0
