@@ -299,10 +299,12 @@ def _config(aggregator: Any) -> dict[str, Any]:
     attrs = _obj(aggregator, "KpiAggregator").attrs()
     emitter = _obj(attrs["_emitter"], "WindowEmitter").attrs()
     references = _obj(attrs["_psi"], "SeriesReferences").attrs()
+    contribution = _obj(attrs["_contribution"], "ContributionBuilder").attrs()
     return {
         "late_horizon_ms": attrs["_horizon"],
         "duration_gamma": emitter["_gamma"],
         "psi_reference_ms": references["reference_ms"],
+        "response_sla_ms": contribution["_sla_ms"],
     }
 
 

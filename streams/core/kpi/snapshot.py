@@ -41,8 +41,9 @@ __all__ = [
 MAGIC = b"imgov-kpi-state\x00"
 """The first bytes of every snapshot (a pickle starts with ``0x80``)."""
 
-_STATE_SHAPING = ("late_horizon_ms", "duration_gamma", "psi_reference_ms")
-"""KPI settings whose change makes stored panes, buckets or references wrong."""
+_STATE_SHAPING = ("late_horizon_ms", "duration_gamma", "psi_reference_ms", "response_sla_ms")
+"""KPI settings whose change makes stored panes, buckets or references wrong (the SLA
+decides what a stored revision contributed, which its next revision retracts)."""
 
 
 class SnapshotError(ValueError):

@@ -18,10 +18,11 @@ from typing import Any
 
 import pytest
 
+from streams.core.kpi.aggregator import KpiAggregator
 from streams.core.kpi.snapshot import MAGIC, SnapshotError, decode_snapshot
 from streams.runtime.legacy_snapshot import LegacySnapshotError, legacy_document
 from streams.runtime.outputs import InputMessage
-from streams.runtime.staged_store import DictPartitionedStore
+from streams.runtime.staged_store import DictPartitionedStore, StagedMapping
 from streams.runtime.stages.kpi import KpiBatch, KpiStage
 from tests.data.kpi_snapshots import generate
 
@@ -168,3 +169,35 @@ def test_a_pickle_naming_foreign_code_is_refused_without_running_it(tmp_path: Pa
     with pytest.raises(LegacySnapshotError, match="pathlib"):
         legacy_document(evil, {})
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("legacy", [True, False], ids=["pickle-v3", "format-1"])
+@pytest.mark.parametrize(
+    "change", [{"response_sla_ms": 60_000}, {"late_horizon_ms": 3_600_000}], ids=str
+)
+def test_a_snapshot_built_with_other_kpi_settings_is_refused(
+    legacy: bool, change: dict[str, int]
+) -> None:
+    """What a stored revision contributed depends on the SLA, the panes on the horizon:
+    restoring them under other settings would retract what was never added."""
+    path = FIXTURES / "pickle-v3"
+    manifest = json.loads((path / "manifest.json").read_text())
+    log = _log(path)
+    store = _store(path)
+    if not legacy:  # the stage rewrites its snapshots in format 1 at its next checkpoint
+        stage = generate.kpi_stage(store)
+        _run(stage, store, log[manifest["restore_from_index"] :][:80])
+    settings = generate.load_settings(demo=True)
+    other = settings.kpi.model_copy(update=change)
+    stage = KpiStage(
+        generate.codec(),
+        StagedMapping(store),
+        StagedMapping(store),
+        lambda: KpiAggregator(other, current_on_demand=True),
+        lambda: generate.build_breach_evaluator(settings),
+        upstream_partitions=generate.INPUT_PARTITIONS,
+        topic=generate.TOPICS.contributions,
+    )
+    (name,) = change
+    with pytest.raises(SnapshotError, match=f"other settings \\({name}"):
+        stage.process(log[-5:])
