@@ -66,7 +66,17 @@ def create(
         int | None,
         typer.Option(
             min=1,
-            help="Override the file's replication factor for every topic (a real cluster).",
+            help="Replication factor of every topic, over the file's and over"
+            " IMGOV_KAFKA_REPLICATION_FACTOR (a cluster: 3).",
+            show_default=False,
+        ),
+    ] = None,
+    min_insync_replicas: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="min.insync.replicas of every topic, over the file's and over"
+            " IMGOV_KAFKA_MIN_INSYNC_REPLICAS (a cluster: 2).",
             show_default=False,
         ),
     ] = None,
@@ -79,12 +89,20 @@ def create(
 ) -> None:
     """Create the topics that do not exist yet (safe to run again).
 
+    The replication factor and ``min.insync.replicas`` come from the settings
+    (IMGOV_KAFKA_REPLICATION_FACTOR, IMGOV_KAFKA_MIN_INSYNC_REPLICAS) when set, else from
+    the file (single broker). Existing topics are left as they are.
+
     Exits with 0 when done, 1 when the file is invalid or the broker refused a topic, and 2
     when an existing topic has a different partition count from the file's.
     """
     console = Console()
     try:
-        kafka = load_kafka_settings(bootstrap=bootstrap)
+        kafka = load_kafka_settings(
+            bootstrap=bootstrap,
+            replication_factor=replication_factor,
+            min_insync_replicas=min_insync_replicas,
+        )
     except KafkaConfigError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from exc
@@ -94,7 +112,8 @@ def create(
         results = create_topics(
             address,
             specs,
-            replication_factor=replication_factor,
+            replication_factor=kafka.replication_factor,
+            min_insync_replicas=kafka.min_insync_replicas,
             timeout_ms=timeout_ms,
             security=kafka.security(),
         )

@@ -39,9 +39,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import logging
 import os
 import time
+from collections.abc import Mapping
 from typing import Any, cast
 
 import faust
@@ -73,7 +75,15 @@ from streams.runtime.settings import KafkaSettings, WorkerSettings
 from streams.runtime.staged_store import StagedMapping
 from streams.runtime.stages import KpiStage, LineageStage
 from streams.runtime.telemetry import CommitSensor, WorkerTelemetry
-from streams.topics import KPI_AGENT, KPI_TABLE, LINEAGE_AGENT, LINEAGE_TABLE, WorkerTopics
+from streams.runtime.topic_admin import TopicSpec, load_topics, replicated
+from streams.topics import (
+    INPUT_TOPICS,
+    KPI_AGENT,
+    KPI_TABLE,
+    LINEAGE_AGENT,
+    LINEAGE_TABLE,
+    WorkerTopics,
+)
 
 __all__ = ["GroupProgress", "build_app", "set_paused"]
 
@@ -242,6 +252,40 @@ def set_paused(consumer: Any, tps: set[TP], *, paused: bool) -> None:
     consumer._active_partitions = active
 
 
+def _internal_topics(kafka: KafkaSettings) -> TopicSpec:
+    """The replication of Faust's own topics (table changelogs, the assignor's leader
+    topic): that of the input topics, i.e. ``IMGOV_KAFKA_REPLICATION_FACTOR`` and
+    ``IMGOV_KAFKA_MIN_INSYNC_REPLICAS`` over ``infra/kafka/topics.toml``. A changelog
+    with one replica would lose the worker's state with its broker.
+    """
+    return replicated(
+        load_topics().get(INPUT_TOPICS[0]), kafka.replication_factor, kafka.min_insync_replicas
+    )
+
+
+def _idempotent_faust_producer() -> None:
+    """Makes Faust's producer idempotent, as every imgov producer is.
+
+    faust-streaming 0.15.3 passes ``acks`` (``producer_acks=-1``: all in-sync replicas)
+    to aiokafka but sets ``enable_idempotence`` only inside a transaction
+    (``Producer._settings_extra``), and has no setting for it. Without it a retried
+    send after a broker failover (the request was written, the answer lost) writes the
+    batch twice. Idempotent, the broker drops the duplicate by producer id and sequence.
+    Idempotent and keeps Faust's method as ``__wrapped__``.
+    """
+    from faust.transport.drivers import aiokafka as driver
+
+    original = driver.Producer._settings_extra
+    if hasattr(original, "__wrapped__"):
+        return
+
+    @functools.wraps(original)
+    def _settings_extra(self: Any) -> Mapping[str, Any]:
+        return {"acks": "all", "enable_idempotence": True, **original(self)}
+
+    driver.Producer._settings_extra = _settings_extra  # type: ignore[method-assign]
+
+
 def _broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip())
 
@@ -263,6 +307,7 @@ def build_app(
         ConfigurationError: governance settings are invalid (e.g. no pseudonym key).
     """
     apply_faust_commit_fixes()
+    _idempotent_faust_producer()
     topics = WorkerTopics.with_namespace(worker.topic_namespace)
     app = faust.App(
         worker.group_id,
@@ -278,7 +323,7 @@ def build_app(
         web_host=worker.web_host,
         web_port=worker.web_port,
         topic_partitions=worker.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=_internal_topics(kafka).replication_factor,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=worker.commit_interval_s,
         consumer_group_instance_id=worker.group_instance_id,
@@ -290,7 +335,7 @@ def build_app(
         # never handed over are read again after a restart, so nothing waits for them.
         stream_wait_empty=False,
         table_standby_replicas=0,
-        producer_acks=-1,
+        producer_acks=-1,  # and idempotent: _idempotent_faust_producer
         # The KPI state topic takes 8 MiB messages (its snapshots); so must requests.
         producer_max_request_size=8 * 1024 * 1024,
     )
@@ -377,8 +422,25 @@ _RAW: dict[str, Any] = {
 }
 
 
-def _table(app: faust.App, name: str, partitions: int, **options: Any) -> FaustTableStore:
-    table = app.Table(name, key_type=bytes, value_type=bytes, partitions=partitions, **options)
+def _table(
+    app: faust.App,
+    name: str,
+    partitions: int,
+    kafka: KafkaSettings,
+    topic_configs: Mapping[str, str] | None = None,
+) -> FaustTableStore:
+    # The changelog gets the inputs' min.insync.replicas (its replication factor is the
+    # app's topic_replication_factor); their other configs (retention) are theirs only.
+    inputs = _internal_topics(kafka).config
+    configs = {k: v for k, v in inputs.items() if k == "min.insync.replicas"}
+    configs.update(topic_configs or {})
+    table = app.Table(
+        name,
+        key_type=bytes,
+        value_type=bytes,
+        partitions=partitions,
+        extra_topic_configs=configs,
+    )
     return FaustTableStore(table)
 
 
@@ -401,7 +463,7 @@ def _add_lineage(
     (or, while the group has not committed every input, has ``stalls`` look why)."""
     topics = WorkerTopics.with_namespace(worker.topic_namespace)
     inputs = app.topic(*topics.inputs, **_RAW)
-    store = _table(app, LINEAGE_TABLE, worker.partitions)
+    store = _table(app, LINEAGE_TABLE, worker.partitions, kafka)
     runner = LineageRunner(
         io=io,
         stage=LineageStage(
@@ -473,9 +535,7 @@ def _add_kpi(
     topics = WorkerTopics.with_namespace(worker.topic_namespace)
     contributions = app.topic(topics.contributions, partitions=worker.partitions, **_RAW)
     # KPI snapshots are one message per partition and grow with the series kept.
-    store = _table(
-        app, KPI_TABLE, worker.partitions, extra_topic_configs={"max.message.bytes": "8388608"}
-    )
+    store = _table(app, KPI_TABLE, worker.partitions, kafka, {"max.message.bytes": "8388608"})
     kpi_config = governance.kpi
     breach_template = build_breach_evaluator(governance)
     runner = KpiRunner(

@@ -74,6 +74,15 @@ class KafkaSettings(BaseSettings):
         sasl_username: the SASL user.
         sasl_password_file: file holding the SASL password (mode 600 recommended).
         sasl_password: the SASL password itself, from the environment only.
+        replication_factor: replication factor of every topic imgov creates (the
+            pipeline's topics, the worker's contributions topic, Faust's changelogs);
+            unset: the values of ``infra/kafka/topics.toml`` (1, a single broker).
+            A cluster uses 3.
+        min_insync_replicas: ``min.insync.replicas`` set on every topic imgov creates:
+            how many replicas must have a write before an ``acks=all`` producer is told
+            it is stored (a cluster uses 2, so one broker may die without losing an
+            acknowledged event); unset: the topics file's configs, else the broker
+            default. At most ``replication_factor``.
     """
 
     # An empty variable (IMGOV_KAFKA_SSL_CAFILE=) means unset, not the current directory.
@@ -93,6 +102,8 @@ class KafkaSettings(BaseSettings):
     sasl_username: str | None = None
     sasl_password_file: Path | None = None
     sasl_password: SecretStr | None = None
+    replication_factor: int | None = Field(None, ge=1, le=32)
+    min_insync_replicas: int | None = Field(None, ge=1, le=32)
 
     _security: KafkaSecurity = PrivateAttr(default_factory=KafkaSecurity)
 
@@ -104,6 +115,17 @@ class KafkaSettings(BaseSettings):
     @classmethod
     def _upper_case(cls, value: Any) -> Any:
         return value.strip().upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _min_insync_within_replication(self) -> KafkaSettings:
+        rf, min_isr = self.replication_factor, self.min_insync_replicas
+        if rf is not None and min_isr is not None and min_isr > rf:
+            # Every acks=all write would fail with NOT_ENOUGH_REPLICAS, forever.
+            raise ValueError(
+                f"{_env('min_insync_replicas')} ({min_isr}) must be at most"
+                f" {_env('replication_factor')} ({rf})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _resolve_security(self) -> KafkaSettings:

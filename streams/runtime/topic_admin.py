@@ -43,6 +43,7 @@ __all__ = [
     "TopicsFileError",
     "create_topics",
     "load_topics",
+    "replicated",
 ]
 
 DEFAULT_TOPICS_FILE = REPO_ROOT / "infra" / "kafka" / "topics.toml"
@@ -50,6 +51,8 @@ DEFAULT_TOPICS_FILE = REPO_ROOT / "infra" / "kafka" / "topics.toml"
 # Kafka's own rule (kafka.common.internals.Topic): 1-249 chars of [a-zA-Z0-9._-].
 _TOPIC_NAME_PATTERN = r"^[a-zA-Z0-9._-]{1,249}$"
 _TOPIC_ALREADY_EXISTS = 36
+_INVALID_REPLICATION_FACTOR = 38
+_MIN_INSYNC = "min.insync.replicas"
 
 
 class TopicsError(ImgovError):
@@ -246,6 +249,7 @@ def create_topics(
     topics: Iterable[TopicSpec] | TopicsFile | None = None,
     *,
     replication_factor: int | None = None,
+    min_insync_replicas: int | None = None,
     timeout_ms: int = 30_000,
     admin: TopicAdmin | None = None,
     security: KafkaSecurity | None = None,
@@ -258,7 +262,10 @@ def create_topics(
     Args:
         bootstrap: ``host:port[,host:port]`` of the cluster.
         topics: the specs to create; all of ``infra/kafka/topics.toml`` when omitted.
-        replication_factor: overrides the file's value for every topic (a real cluster).
+        replication_factor: overrides the file's value for every topic (a real cluster:
+            ``KafkaSettings.replication_factor``).
+        min_insync_replicas: ``min.insync.replicas`` of every topic, over the file's
+            configs (``KafkaSettings.min_insync_replicas``).
         timeout_ms: broker-side creation timeout, and the wait for leaders.
         admin: an already-open admin client (tests); one is opened and closed otherwise.
         security: TLS and SASL of the connection (``KafkaSettings.security()``);
@@ -269,19 +276,48 @@ def create_topics(
 
     Raises:
         TopicAdminError: the broker is unreachable, refused the login, or refused a topic (then
-            ``results`` holds the outcome of every topic, the refusals included).
+            ``results`` holds the outcome of every topic, the refusals included); a
+            replication factor above the number of live brokers is named as such.
         TopicsFileError: ``topics`` was omitted and the default file is invalid.
+        TopicsError: a topic would get a ``min.insync.replicas`` above its replication
+            factor (every ``acks=all`` write to it would fail).
     """
     if topics is None:
         topics = load_topics()
-    specs = list(topics.topics if isinstance(topics, TopicsFile) else topics)
+    specs = [
+        replicated(spec, replication_factor, min_insync_replicas)
+        for spec in (topics.topics if isinstance(topics, TopicsFile) else topics)
+    ]
     if admin is not None:
-        return _create_with(admin, specs, replication_factor, timeout_ms)
+        return _create_with(admin, specs, timeout_ms)
     client = _open_admin(bootstrap, timeout_ms, security or KafkaSecurity())
     try:
-        return _create_with(client, specs, replication_factor, timeout_ms)
+        return _create_with(client, specs, timeout_ms)
     finally:
         client.close()
+
+
+def replicated(
+    spec: TopicSpec, replication_factor: int | None, min_insync_replicas: int | None
+) -> TopicSpec:
+    """Returns ``spec`` with the replication of the settings applied (None: the spec's).
+
+    Raises:
+        TopicsError: the topic's ``min.insync.replicas`` would exceed its replication
+            factor.
+    """
+    rf = replication_factor or spec.replication_factor
+    config = dict(spec.config)
+    if min_insync_replicas is not None:
+        config[_MIN_INSYNC] = str(min_insync_replicas)
+    min_isr = int(config.get(_MIN_INSYNC, "1"))
+    if min_isr > rf:
+        raise TopicsError(
+            f"topic {spec.name}: min.insync.replicas {min_isr} is above its replication"
+            f" factor {rf}, so no acks=all write could succeed; lower"
+            " IMGOV_KAFKA_MIN_INSYNC_REPLICAS or raise IMGOV_KAFKA_REPLICATION_FACTOR"
+        )
+    return spec.model_copy(update={"replication_factor": rf, "config": config})
 
 
 def _open_admin(bootstrap: str, timeout_ms: int, security: KafkaSecurity) -> TopicAdmin:
@@ -308,10 +344,7 @@ def _open_admin(bootstrap: str, timeout_ms: int, security: KafkaSecurity) -> Top
 
 
 def _create_with(
-    admin: TopicAdmin,
-    specs: Sequence[TopicSpec],
-    replication_factor: int | None,
-    timeout_ms: int,
+    admin: TopicAdmin, specs: Sequence[TopicSpec], timeout_ms: int
 ) -> list[TopicCreation]:
     from kafka.errors import KafkaError
 
@@ -320,7 +353,7 @@ def _create_with(
     request = {
         spec.name: {
             "num_partitions": spec.partitions,
-            "replication_factor": replication_factor or spec.replication_factor,
+            "replication_factor": spec.replication_factor,
             "configs": dict(spec.config),
         }
         for spec in specs
@@ -357,9 +390,13 @@ def _outcome(spec: TopicSpec, answer: Mapping[str, Any], found: Mapping[str, int
         return TopicCreation(
             spec.name, CreationStatus.EXISTS, spec.partitions, found.get(spec.name)
         )
-    return TopicCreation(
-        spec.name,
-        CreationStatus.FAILED,
-        spec.partitions,
-        message=answer.get("error_message") or f"error code {code}",
-    )
+    message = answer.get("error_message") or f"error code {code}"
+    if code == _INVALID_REPLICATION_FACTOR:
+        # Kafka: "The target replication factor of 3 cannot be reached because only 1
+        # broker(s) are registered."
+        message = (
+            f"{message} (replication factor {spec.replication_factor}: set"
+            " IMGOV_KAFKA_REPLICATION_FACTOR, or --replication-factor, to at most the"
+            " number of live brokers, or start the missing ones)"
+        )
+    return TopicCreation(spec.name, CreationStatus.FAILED, spec.partitions, message=message)

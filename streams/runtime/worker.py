@@ -34,7 +34,7 @@ from streams.runtime.settings import (
     load_worker_settings,
 )
 from streams.runtime.topic_admin import TopicRole, TopicSpec, create_topics, load_topics
-from streams.topics import WorkerTopics
+from streams.topics import INPUT_TOPICS, WorkerTopics
 
 __all__ = ["WorkerPlan", "ensure_worker_topics", "plan_worker", "run_worker"]
 
@@ -97,10 +97,19 @@ def ensure_worker_topics(plan: WorkerPlan) -> None:
     Raises:
         WorkerConfigError: existing input topics have another partition count than
             the ``partitions`` setting (state tables are co-partitioned with them).
-        TopicAdminError: the broker is unreachable or refused a topic.
+        TopicAdminError: the broker is unreachable or refused a topic (a replication
+            factor above the number of live brokers is named as such).
+        TopicsError: ``IMGOV_KAFKA_MIN_INSYNC_REPLICAS`` is above a topic's
+            replication factor.
     """
     topics = WorkerTopics.with_namespace(plan.worker.topic_namespace)
     base = load_topics()
+    # The contributions topic is replicated like the inputs it is derived from (the
+    # settings' replication, applied to every spec by create_topics, comes over both).
+    inputs = base.get(INPUT_TOPICS[0])
+    contributions_config = {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}
+    if "min.insync.replicas" in inputs.config:
+        contributions_config["min.insync.replicas"] = inputs.config["min.insync.replicas"]
     specs = []
     for spec in base.topics:
         name = plan.worker.topic_namespace + spec.name
@@ -111,11 +120,17 @@ def ensure_worker_topics(plan: WorkerPlan) -> None:
             name=topics.contributions,
             role=TopicRole.OUTPUT,
             partitions=plan.worker.partitions,
-            replication_factor=1,
-            config={"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)},
+            replication_factor=inputs.replication_factor,
+            config=contributions_config,
         )
     )
-    results = create_topics(plan.kafka.bootstrap, specs, security=plan.kafka.security())
+    results = create_topics(
+        plan.kafka.bootstrap,
+        specs,
+        replication_factor=plan.kafka.replication_factor,
+        min_insync_replicas=plan.kafka.min_insync_replicas,
+        security=plan.kafka.security(),
+    )
     wrong = [
         r
         for r in results
