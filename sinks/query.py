@@ -67,8 +67,9 @@ QueryResult: TypeAlias = tuple[list[str], list[tuple[Any, ...]]]
 # Server error codes that mean "not now" rather than "never": timeouts (159, 160, 209),
 # too many simultaneous queries (202), network (210), memory limit (241), too many parts
 # (252), table read-only (242: a replica lost ZooKeeper), no ZooKeeper (225, 999), an
-# insert whose outcome is unknown (319), a query cancelled by a shutting-down server (394).
-_TRANSIENT_CODES = frozenset({159, 160, 202, 209, 210, 225, 241, 242, 252, 319, 394, 999})
+# insert whose outcome is unknown (319), a query cancelled by a shutting-down server (394),
+# a shard of a Distributed table that no replica of answers (279, the sharded layout).
+_TRANSIENT_CODES = frozenset({159, 160, 202, 209, 210, 225, 241, 242, 252, 279, 319, 394, 999})
 
 # Error codes that blame a value in the rows, never the statement or the server: parse
 # errors (6, 27, 38, 41, 72), type mismatch (53), out of bound or range (69, 321),
@@ -260,6 +261,13 @@ class QueryBackend(Protocol):
         ...
 
 
+_INSERT_SETTINGS = {"insert_distributed_sync": 1}
+"""An insert into a Distributed table (sinks.clickhouse.sharded) returns only once every
+shard has written its rows, not once they are queued on the receiving server's disk:
+the writer's flush-then-commit needs the rows on their shard. No effect on other tables;
+ClickHouse 18.16 has the setting, newer servers keep the name."""
+
+
 class ClickHouseBackend:
     """A ClickHouse server reached with clickhouse-driver (any version from 18.16).
 
@@ -272,9 +280,6 @@ class ClickHouseBackend:
     def __init__(self, client: Client, database: str) -> None:
         self._client = client
         self.database = database
-        hosts = getattr(client.connection, "hosts", None) or [("?", "?")]
-        host, port = hosts[0]
-        self._where_text = f"ClickHouse {host}:{port}/{database}"
 
     @classmethod
     def connect(
@@ -314,6 +319,11 @@ class ClickHouseBackend:
             user=settings.user,
             password=settings.password.get_secret_value(),
             database=database,
+            # Replicas to fail over to (cluster mode). The driver tries its hosts in turn
+            # on every (re)connect, starting with the last one that answered, and every
+            # failed query drops the connection: after a replica dies, the next attempt
+            # of the writer's retry lands on a live one.
+            alt_hosts=settings.alt_hosts or None,
             connect_timeout=5,
             send_receive_timeout=timeout_s,
         )
@@ -340,7 +350,9 @@ class ClickHouseBackend:
         # transposing once here (zip in C) spares it a per-value pass in Python.
         data = list(zip(*rows, strict=True))
         try:
-            self._client.execute(sql, data, columnar=True, types_check=False)
+            self._client.execute(
+                sql, data, columnar=True, types_check=False, settings=_INSERT_SETTINGS
+            )
         except Exception as exc:
             raise translate_driver_error(
                 exc, f"insert into {table} failed on {self._where()}"
@@ -350,7 +362,11 @@ class ClickHouseBackend:
         self._client.disconnect()
 
     def _where(self) -> str:
-        return self._where_text
+        # The host the client is on (or tries first) now: with alt_hosts it changes on
+        # failover, and the driver keeps that host first in its deque.
+        hosts = getattr(self._client.connection, "hosts", None) or [("?", "?")]
+        host, port = hosts[0]
+        return f"ClickHouse {host}:{port}/{self.database}"
 
 
 class ChdbBackend:

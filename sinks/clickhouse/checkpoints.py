@@ -127,9 +127,13 @@ def latest_checkpoints(backend: QueryBackend) -> list[AuditCheckpoint]:
     claiming one sequence are both returned (verification then reports the bad one).
     """
     columns = ", ".join(CHECKPOINT_COLUMNS)
+    # GLOBAL: in the sharded layout (sinks.clickhouse.sharded) the table is Distributed,
+    # and a plain IN over it inside a query over it is refused (distributed_product_mode
+    # 'deny'); GLOBAL IN computes the maxima once over all shards. On a single server
+    # (and chDB) it is a plain IN.
     _, rows = backend.execute(
         f"SELECT DISTINCT {columns} FROM {CHECKPOINTS_TABLE} "
-        f"WHERE (input_partition, sequence) IN (SELECT input_partition, max(sequence) "
+        f"WHERE (input_partition, sequence) GLOBAL IN (SELECT input_partition, max(sequence) "
         f"FROM {CHECKPOINTS_TABLE} GROUP BY input_partition) "
         "ORDER BY input_partition, signature"
     )

@@ -29,6 +29,7 @@ from schemas.errors import ImgovError
 from sinks.query import QueryBackend
 
 __all__ = [
+    "BOOTSTRAP_SQL",
     "MIGRATIONS_DIR",
     "MIGRATIONS_TABLE",
     "PARTITIONED_TABLES",
@@ -47,7 +48,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 MIGRATIONS_TABLE = "schema_migrations"
 
-_BOOTSTRAP = f"""
+BOOTSTRAP_SQL = f"""
 CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE}
 (
     version        UInt32,
@@ -182,6 +183,7 @@ def migrate(
     *,
     clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     on_applied: Callable[[Migration], None] | None = None,
+    bootstrap: str = BOOTSTRAP_SQL,
 ) -> list[Migration]:
     """Applies the migrations not yet recorded in ``backend``'s database.
 
@@ -190,6 +192,8 @@ def migrate(
         migrations: defaults to :func:`load_migrations`.
         clock_ms: wall clock for ``applied_at_ms``.
         on_applied: called after each migration is recorded (progress output).
+        bootstrap: the statement creating the ``schema_migrations`` table; the replicated
+            layout (:mod:`sinks.clickhouse.cluster_ddl`) passes its replicated form.
 
     Returns:
         The migrations applied by this call, in order; empty when up to date.
@@ -200,7 +204,7 @@ def migrate(
             the cause and migrating again resumes with it).
     """
     todo = list(load_migrations() if migrations is None else migrations)
-    backend.execute(_BOOTSTRAP)
+    backend.execute(bootstrap)
     applied = applied_migrations(backend)
     for migration in todo:
         recorded = applied.get(migration.version)
@@ -227,7 +231,11 @@ def migrate(
     return done
 
 
-_ADD_COLUMN = re.compile(r"^ALTER\s+TABLE\s+(\w+)\s+ADD\s+COLUMN\s+(\w+)\s", re.IGNORECASE)
+# Also the replicated layout's form: ALTER TABLE db.t ON CLUSTER c ADD COLUMN ...
+_ADD_COLUMN = re.compile(
+    r"^ALTER\s+TABLE\s+(?:\w+\.)?(\w+)\s+(?:ON\s+CLUSTER\s+\w+\s+)?ADD\s+COLUMN\s+(\w+)\s",
+    re.IGNORECASE,
+)
 
 
 def _column_exists(backend: QueryBackend, statement: str) -> bool:

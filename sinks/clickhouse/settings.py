@@ -31,6 +31,13 @@ class ClickHouseSettings(BaseSettings):
     password: SecretStr = SecretStr("imgov")
     password_file: Path | None = None
     database: str = "imgov"
+    alt_hosts: str | None = None
+    """Other replicas, ``host:port,host:port`` (``IMGOV_CLICKHOUSE_ALT_HOSTS``), passed to
+    clickhouse-driver's ``alt_hosts``: when the server of ``host``/``port`` is down the
+    client connects to the next one that answers, and stays there. Cluster mode."""
+    cluster: str | None = None
+    """The ``remote_servers`` cluster of a replicated layout (``IMGOV_CLICKHOUSE_CLUSTER``):
+    the default of ``imgov db migrate --cluster``. Unset: one server (the default)."""
 
     @model_validator(mode="after")
     def _password_from_file(self) -> ClickHouseSettings:

@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from schemas.errors import ImgovError
+from sinks.clickhouse.cluster_ddl import migrate_replicated, replicated_migrations
 from sinks.clickhouse.migrate import (
     Migration,
     applied_migrations,
@@ -32,6 +33,7 @@ from sinks.clickhouse.migrate import (
     migrate,
 )
 from sinks.clickhouse.settings import ClickHouseSettings
+from sinks.clickhouse.sharded import ShardHost, migrate_sharded, sharded_migrations
 from sinks.query import QueryBackend
 from streams.cli.options import ChdbOption, DatabaseOption, open_backend
 
@@ -52,37 +54,117 @@ def _target(chdb: Path | None, backend: QueryBackend) -> str:
     return f"ClickHouse {settings.host}:{settings.port} database {backend.database}"
 
 
+ClusterOption = Annotated[
+    str | None,
+    typer.Option(
+        "--cluster",
+        help=(
+            "Replicated layout on this remote_servers cluster: Replicated*MergeTree tables "
+            "and views created ON CLUSTER [default: $IMGOV_CLICKHOUSE_CLUSTER; unset = one server]."
+        ),
+        show_default=False,
+    ),
+]
+
+
+ShardedOption = Annotated[
+    bool,
+    typer.Option(
+        "--sharded",
+        help=(
+            "With --cluster: the sharded layout instead (a local table per shard and a "
+            "Distributed table under each name, sinks/clickhouse/sharded.py)."
+        ),
+    ),
+]
+
+
 @db_app.command("migrate")
-def migrate_command(chdb: ChdbOption = None, database: DatabaseOption = None) -> None:
+def migrate_command(
+    chdb: ChdbOption = None,
+    database: DatabaseOption = None,
+    cluster: ClusterOption = None,
+    sharded: ShardedOption = False,
+) -> None:
     """Create or upgrade the audit tables and views (safe to run again)."""
     console = Console()
-    with open_backend(chdb, database, create=True) as backend:
-        where = _target(chdb, backend)
 
-        def report(migration: Migration) -> None:
-            console.print(f"applied {migration.version:04d}_{migration.name}")
+    def report(migration: Migration) -> None:
+        console.print(f"applied {migration.version:04d}_{migration.name}")
 
-        done = migrate(backend, on_applied=report)
-        total = len(load_migrations())
-        if done:
-            console.print(f"[green]{where}: {len(done)} migration(s) applied, {total} in all[/]")
-        else:
-            console.print(f"{where}: up to date ({total} migrations)")
+    total = len(load_migrations())
+    if chdb is None:
+        settings = ClickHouseSettings()
+        cluster = cluster or settings.cluster
+    elif cluster is not None:
+        _err.print("[red]error:[/] --cluster needs a ClickHouse server, not --chdb")
+        raise typer.Exit(2)
+    if sharded and cluster is None:
+        _err.print("[red]error:[/] --sharded needs --cluster NAME (a ClickHouse cluster)")
+        raise typer.Exit(2)
+    if sharded and cluster is not None:
+        target = database or settings.database
+
+        def report_host(host: ShardHost, migration: Migration) -> None:
+            where = f"shard {host.shard} {host.host}:{host.port}"
+            console.print(f"applied {migration.version:04d}_{migration.name} on {where}")
+
+        try:
+            applied = migrate_sharded(settings, cluster, database=target, on_applied=report_host)
+        except ImgovError as exc:
+            _err.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(1) from exc
+        where = f"sharded layout on {cluster} ({len(applied)} hosts) database {target}"
+        done = max(applied.values(), key=len, default=[])
+    elif cluster is not None:
+        target = database or settings.database
+        where = f"cluster {cluster} via {settings.host}:{settings.port} database {target}"
+        try:
+            done = migrate_replicated(settings, cluster, database=target, on_applied=report)
+        except ImgovError as exc:
+            _err.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(1) from exc
+    else:
+        with open_backend(chdb, database, create=True) as backend:
+            where = _target(chdb, backend)
+            done = migrate(backend, on_applied=report)
+    if done:
+        console.print(f"[green]{where}: {len(done)} migration(s) applied, {total} in all[/]")
+    else:
+        console.print(f"{where}: up to date ({total} migrations)")
 
 
 @db_app.command("status")
-def status_command(chdb: ChdbOption = None, database: DatabaseOption = None) -> None:
-    """List the migrations and whether each is applied."""
+def status_command(
+    chdb: ChdbOption = None, database: DatabaseOption = None, cluster: ClusterOption = None
+) -> None:
+    """List the migrations, whether each is applied, and in which layout.
+
+    A layout's migrations carry their own checksums (the replicated and sharded layouts
+    rewrite the files), so the layout is the one whose checksums the database recorded:
+    the single-node one, or, with a cluster (--cluster or $IMGOV_CLICKHOUSE_CLUSTER), its
+    replicated or sharded form.
+    """
+    if chdb is None:
+        cluster = cluster or ClickHouseSettings().cluster
     with open_backend(chdb, database, create=False) as backend:
         try:
             applied = applied_migrations(backend)
         except ImgovError:
             applied = {}
+        layouts: dict[str, tuple[Migration, ...]] = {"single node": load_migrations()}
+        if chdb is None and cluster is not None:
+            layouts[f"replicated on {cluster}"] = replicated_migrations(cluster, backend.database)
+            layouts[f"sharded on {cluster}"] = sharded_migrations(cluster, backend.database)
+        layout = max(
+            layouts,
+            key=lambda name: sum(applied.get(m.version) == m.checksum for m in layouts[name]),
+        )
         table = Table(title=_target(chdb, backend))
         table.add_column("version", justify="right")
         table.add_column("name")
         table.add_column("status")
-        for migration in load_migrations():
+        for migration in layouts[layout]:
             checksum = applied.get(migration.version)
             if checksum is None:
                 state = "[yellow]pending[/]"
@@ -91,7 +173,9 @@ def status_command(chdb: ChdbOption = None, database: DatabaseOption = None) -> 
             else:
                 state = "[red]changed since applied[/]"
             table.add_row(f"{migration.version:04d}", migration.name, state)
-        Console().print(table)
+        console = Console()
+        console.print(table)
+        console.print(f"layout: {layout}")
 
 
 @db_app.command("drop-before")

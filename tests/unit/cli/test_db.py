@@ -31,6 +31,10 @@ def test_migrate_status_and_query(tmp_path: Path) -> None:
 
     status = runner.invoke(app, ["db", "status", "--chdb", path])
     assert status.exit_code == 0 and status.output.count("applied") == len(MIGRATIONS)
+    assert "layout: single node" in status.output
+    # chDB is one process: no cluster, whatever the environment says.
+    clustered = runner.invoke(app, ["db", "status", "--chdb", path, "--cluster", "c"])
+    assert clustered.exit_code == 0 and "layout: single node" in clustered.output
 
     with ChdbSink(path) as sink:
         for record in factory.lineage_records(6):
