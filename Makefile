@@ -11,8 +11,11 @@ KAFKA      := infra/kafka/kafka.sh
 CLICKHOUSE := infra/clickhouse/clickhouse.sh
 DICOM      := infra/dicom/install.sh
 PROMETHEUS := infra/prometheus/prometheus.sh
+KAFKA_CLUSTER      := infra/kafka/cluster.sh
+CLICKHOUSE_CLUSTER := infra/clickhouse/cluster.sh
+CLUSTER_ENV        := infra/cluster/cluster.env
 
-.PHONY: help venv dicom-tools kafka-tools monitoring-tools monitoring-up monitoring-down up down status test unit integration fuzz lint bench soak demo clean
+.PHONY: help venv dicom-tools kafka-tools monitoring-tools monitoring-up monitoring-down up down status cluster-up cluster-down cluster-status test test-cluster unit integration fuzz lint bench soak demo clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -58,6 +61,11 @@ status: ## Show whether the services run, with their memory
 	@bash $(CLICKHOUSE) status || true
 	@bash $(PROMETHEUS) status || true
 
+# The unit and golden tests (no servers, CPU-bound) run in a second pytest process beside the
+# integration tests (mostly waiting on Kafka, ClickHouse and the workers): on two cores that
+# takes the unit suite's minutes off the run. Its output is printed when both have ended.
+UNIT_LOG := .imgov/logs/unit-tests.log
+
 # The services are stopped even when a test fails, and the target exits with the
 # test result. A service that fails to start fails the run (before any test), and so
 # does an import that breaks the layers (pyproject.toml [tool.importlinter]).
@@ -68,11 +76,45 @@ test: venv dicom-tools kafka-tools monitoring-tools ## Install what is missing, 
 		$(BIN)/lint-imports --no-cache || status=$$?; \
 	fi; \
 	if [ $$status -eq 0 ]; then \
-		$(BIN)/pytest -q tests/unit tests/golden tests/integration || status=$$?; \
+		mkdir -p $(dir $(UNIT_LOG)); \
+		$(BIN)/pytest -q -p no:cacheprovider --durations=15 tests/unit tests/golden \
+			--ignore=tests/unit/fuzz > $(UNIT_LOG) 2>&1 & unit=$$!; \
+		$(BIN)/pytest -q --durations=25 tests/unit/fuzz tests/integration || status=$$?; \
+		echo "== unit and golden tests (run beside the integration tests; $(UNIT_LOG))"; \
+		if wait $$unit; then tail -n 20 $(UNIT_LOG); else status=1; cat $(UNIT_LOG); fi; \
 	else \
 		echo "make test: a service failed to start; logs are under .imgov/logs/" >&2; \
 	fi; \
 	$(MAKE) --no-print-directory down; \
+	exit $$status
+
+# Cluster mode (DESIGN §9): three KRaft brokers, ZooKeeper and two ClickHouse replicas, on
+# their own ports beside the single-node services. infra/cluster/cluster.env points imgov at it.
+cluster-up: venv ## Start the local cluster: 3 Kafka brokers, ZooKeeper, 2 ClickHouse replicas (idempotent)
+	bash $(CLICKHOUSE) install
+	bash $(KAFKA_CLUSTER) start
+	bash $(CLICKHOUSE_CLUSTER) start
+
+cluster-down: ## Stop the local cluster (idempotent)
+	-bash $(CLICKHOUSE_CLUSTER) stop
+	-bash $(KAFKA_CLUSTER) stop
+
+cluster-status: ## Show whether the cluster's nodes run
+	@bash $(KAFKA_CLUSTER) status || true
+	@bash $(CLICKHOUSE_CLUSTER) status || true
+
+# The node-loss tests (tests/cluster), the second step of CI: start the cluster, run them with
+# cluster.env, stop it. Like `make test`, a node that fails to start fails the run.
+test-cluster: venv ## Start the cluster, run the node-loss tests (tests/cluster), stop it
+	@status=0; \
+	$(MAKE) --no-print-directory cluster-up || status=$$?; \
+	if [ $$status -eq 0 ]; then \
+		set -a; . ./$(CLUSTER_ENV); set +a; \
+		$(BIN)/pytest -q tests/cluster || status=$$?; \
+	else \
+		echo "make test-cluster: a cluster node failed to start; logs are under .imgov/logs/cluster/" >&2; \
+	fi; \
+	$(MAKE) --no-print-directory cluster-down; \
 	exit $$status
 
 unit: venv ## Run the unit tests only (no servers)
