@@ -1,9 +1,11 @@
 """Benchmark: the KPI snapshot codec (format 1) on a large partition state.
 
 Run ``python -m tests.benchmarks.bench_kpi_snapshot`` from the repository root. It
-simulates ``--days`` (90) of one site and its two algorithms through the core pipeline (the
-state a KPI partition of one service holds after that long: panes, emitted windows,
-PSI references, breach series), then measures, best of ``--repeat``:
+simulates ``--days`` (90) of ``--sites`` (1) sites and their two algorithms through the
+core pipeline (the state a KPI partition of one service holds after that long: panes,
+emitted windows, PSI references, breach series; with more sites, the state of every
+site's series, as one algorithm's KPI partition holds them), then measures, best of
+``--repeat``:
 
 * ``encode``: ``snapshot_document`` + ``encode_snapshot`` (what each checkpoint costs);
 * ``decode_load``: ``decode_snapshot`` + ``load_snapshot`` (what a new owner pays);
@@ -57,13 +59,14 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--days", type=int, default=90)
     parser.add_argument("--studies-per-day", type=float, default=40.0)
+    parser.add_argument("--sites", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / ".imgov" / "bench" / "results.jsonl")
     args = parser.parse_args(argv)
 
     settings = load_settings(demo=True)
     simulation = SimulationConfig(
-        seed=7, days=args.days, sites=1, studies_per_day=args.studies_per_day
+        seed=7, days=args.days, sites=args.sites, studies_per_day=args.studies_per_day
     )
     events = [d.event for d in run_simulation(simulation).deliveries]
     breaches = build_breach_evaluator(settings)
@@ -102,6 +105,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "cpus": os.cpu_count(),
         "load_avg": [round(x, 2) for x in os.getloadavg()],
         "days": args.days,
+        "sites": args.sites,
         "events": len(events),
         "state": size,
         "snapshot_bytes": len(data),
