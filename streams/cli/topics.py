@@ -66,8 +66,8 @@ def create(
         int | None,
         typer.Option(
             min=1,
-            help="Replication factor of every topic, over the file's and over"
-            " IMGOV_KAFKA_REPLICATION_FACTOR (a cluster: 3).",
+            help="Replication factor of every topic (a cluster: 3), over the settings'"
+            " and the file's.",
             show_default=False,
         ),
     ] = None,
@@ -75,8 +75,8 @@ def create(
         int | None,
         typer.Option(
             min=1,
-            help="min.insync.replicas of every topic, over the file's and over"
-            " IMGOV_KAFKA_MIN_INSYNC_REPLICAS (a cluster: 2).",
+            help="min.insync.replicas of every topic (a cluster: 2), over the settings'"
+            " and the file's.",
             show_default=False,
         ),
     ] = None,
