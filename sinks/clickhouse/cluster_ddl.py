@@ -28,7 +28,6 @@ the other (``MigrationChecksumError``) instead of mixing them.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable, Iterable, Sequence
 
@@ -164,16 +163,15 @@ def replicated_migrations(
     """
     source = list(load_migrations() if migrations is None else migrations)
     names = _created_names(source)
-    rewritten = []
-    for migration in source:
-        statements = [
-            replicated_statement(s, cluster=cluster, database=database, sources=names)
-            for s in migration.statements
-        ]
-        text = "".join(f"{sql};\n\n" for sql in statements)
-        checksum = hashlib.sha256(f"{migration.checksum}\n{text}".encode()).hexdigest()
-        rewritten.append(Migration(migration.version, migration.name, text, checksum))
-    return tuple(rewritten)
+    return tuple(
+        migration.rewritten(
+            [
+                replicated_statement(s, cluster=cluster, database=database, sources=names)
+                for s in migration.statements
+            ]
+        )
+        for migration in source
+    )
 
 
 def cluster_hosts(backend: ClickHouseBackend, cluster: str) -> list[tuple[str, int]]:

@@ -105,6 +105,15 @@ class Migration:
         """The file's statements, comments removed, in order."""
         return split_statements(self.sql)
 
+    def rewritten(self, statements: Sequence[str]) -> Migration:
+        """Returns this migration in another layout: the same version and name, ``statements``
+        as its SQL, and a checksum over the file's checksum and that text, so a database
+        migrated in one layout refuses another (``MigrationChecksumError``) and an edited
+        file is refused in every layout."""
+        text = "".join(f"{sql};\n\n" for sql in statements)
+        checksum = hashlib.sha256(f"{self.checksum}\n{text}".encode()).hexdigest()
+        return Migration(self.version, self.name, text, checksum)
+
 
 def load_migrations(directory: Path = MIGRATIONS_DIR) -> tuple[Migration, ...]:
     """Returns the migrations in ``directory``, sorted by version.

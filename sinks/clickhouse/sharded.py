@@ -52,7 +52,6 @@ Distributed table gets the 'deny' error above and must say ``GLOBAL IN``.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -233,17 +232,16 @@ def sharded_migrations(
     Raises:
         ShardingError: as :func:`sharded_statements`.
     """
-    rewritten = []
-    for migration in load_migrations() if migrations is None else migrations:
-        statements = [
-            sql
-            for statement in migration.statements
-            for sql in sharded_statements(statement, cluster=cluster, database=database)
-        ]
-        text = "".join(f"{sql};\n\n" for sql in statements)
-        checksum = hashlib.sha256(f"{migration.checksum}\n{text}".encode()).hexdigest()
-        rewritten.append(Migration(migration.version, migration.name, text, checksum))
-    return tuple(rewritten)
+    return tuple(
+        migration.rewritten(
+            [
+                sql
+                for statement in migration.statements
+                for sql in sharded_statements(statement, cluster=cluster, database=database)
+            ]
+        )
+        for migration in (load_migrations() if migrations is None else migrations)
+    )
 
 
 @dataclass(frozen=True, slots=True)

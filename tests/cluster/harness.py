@@ -25,6 +25,7 @@ from typing import Any
 from clickhouse_driver import Client
 
 from sinks.clickhouse.cluster_ddl import migrate_replicated
+from sinks.clickhouse.migrate import MIGRATIONS_TABLE, PARTITIONED_TABLES
 from sinks.clickhouse.settings import ClickHouseSettings
 from sinks.clickhouse.writer import ClickHouseSink
 from streams.governance import DEMO_SETTINGS, build_processor, build_validator, load_settings
@@ -39,17 +40,8 @@ ZOOKEEPER_PORT = 19181
 CLUSTER = os.environ.get("IMGOV_CLICKHOUSE_CLUSTER") or "imgov_replicated"
 CLUSTER_SCRIPT = REPO_ROOT / "infra" / "clickhouse" / "cluster.sh"
 KAFKA_BOOTSTRAP = os.environ.get("IMGOV_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
-AUDIT_TABLES = (
-    "event_log",
-    "lineage_history",
-    "kpi_values",
-    "kpi_breaches",
-    "rejected_events",
-    "review_candidates",
-    "audit_checkpoints",
-    "audit_checkpoint_heads",
-    "schema_migrations",
-)
+AUDIT_TABLES = (*PARTITIONED_TABLES, MIGRATIONS_TABLE)
+"""Every replicated table of the layout."""
 
 
 def cluster_sh(*args: str, timeout_s: float = 180) -> str:
