@@ -161,7 +161,23 @@ def translate_driver_error(exc: BaseException, what: str) -> QueryError:
             text = f"{type(exc).__name__}: {text}"
     else:
         cls = QueryError
-    return cls(f"{what}: {text[:1000]}", code=code if isinstance(code, int) else None)
+    text = text[:1000] + _tls_hint(text)
+    return cls(f"{what}: {text}", code=code if isinstance(code, int) else None)
+
+
+def _tls_hint(text: str) -> str:
+    """Which ``IMGOV_CLICKHOUSE_*`` setting a TLS handshake failure points at, if any."""
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return (
+            " (the server's certificate was not accepted: IMGOV_CLICKHOUSE_CA_CERTS must be "
+            "the CA that signed it, and IMGOV_CLICKHOUSE_HOST a name or address it lists)"
+        )
+    if "WRONG_VERSION_NUMBER" in text:
+        return (
+            " (no TLS on this port: with IMGOV_CLICKHOUSE_SECURE=true, IMGOV_CLICKHOUSE_PORT "
+            "must be the server's tcp_port_secure)"
+        )
+    return ""
 
 
 # What clickhouse-driver's escape_param turns into a literal; it formats anything else
@@ -326,6 +342,8 @@ class ClickHouseBackend:
             alt_hosts=settings.alt_hosts or None,
             connect_timeout=5,
             send_receive_timeout=timeout_s,
+            # IMGOV_CLICKHOUSE_SECURE and its files: secure, verify, ca_certs, certfile, keyfile.
+            **settings.tls_options(),
         )
 
     @property

@@ -19,14 +19,18 @@
 # Environment:
 #   IMGOV_CLICKHOUSE_PORT           native TCP port (default 19000)
 #   IMGOV_CLICKHOUSE_HTTP_PORT      HTTP port (default 18123)
+#   IMGOV_CLICKHOUSE_STATE_DIR      state dir instead of .imgov/services/clickhouse (a private
+#                                   server, e.g. tests/integration/test_clickhouse_tls.py, which
+#                                   adds its own config.d/ overlay there before `start`)
+#   IMGOV_CLICKHOUSE_LOG_DIR        log dir instead of .imgov/logs/clickhouse
 #   IMGOV_CLICKHOUSE_START_TIMEOUT  seconds to wait for readiness (default 30)
 #   IMGOV_CLICKHOUSE_STOP_TIMEOUT   seconds to wait after SIGTERM (default 30)
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$SCRIPT_DIR/../.." && pwd)"
-STATE_DIR="$REPO_ROOT/.imgov/services/clickhouse"
-LOG_DIR="$REPO_ROOT/.imgov/logs/clickhouse"
+STATE_DIR="${IMGOV_CLICKHOUSE_STATE_DIR:-$REPO_ROOT/.imgov/services/clickhouse}"
+LOG_DIR="${IMGOV_CLICKHOUSE_LOG_DIR:-$REPO_ROOT/.imgov/logs/clickhouse}"
 PID_FILE="$STATE_DIR/clickhouse.pid"
 RENDERED_CONFIG="$STATE_DIR/config.xml"
 # Not copied: the server reloads users.xml when it changes, and 18.16 writes its
