@@ -148,7 +148,9 @@ def element_mutated(draw: st.DrawFn) -> tuple[pydicom.uid.UID, bytes]:
             element.value = items
         elif element.VR not in ("SQ", "OB", "OW", "UN", "US", "UL", "SS", "SL", "FL", "FD"):
             value = draw(_VALUES)
-            with contextlib.suppress(ValueError, TypeError):  # IS, DS: not a number
+            # IS, DS: not a number (ValueError), or one beyond any integer, e.g. "1E400"
+            # (pydicom: OverflowError converting infinity): this draw keeps the old value.
+            with contextlib.suppress(ValueError, TypeError, OverflowError):
                 element.value = value
     if draw(st.booleans()):  # the content's time: date, time and offset, any of them odd
         moment = draw(date_times)
