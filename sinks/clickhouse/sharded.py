@@ -44,10 +44,12 @@ their shard. :class:`~sinks.query.ClickHouseBackend` therefore inserts with
 ``insert_distributed_sync = 1`` (ClickHouse 18.16 has it), which makes the insert return
 only once every shard has written its part, so flush-then-commit holds.
 
-Not covered yet: ``imgov db drop-before`` looks for the partitions of the named
-(Distributed) tables and finds none; retention on this layout is ``ALTER TABLE
-t_local DROP PARTITION`` on every shard. An ad-hoc query with a plain ``IN`` over a
-Distributed table gets the 'deny' error above and must say ``GLOBAL IN``.
+Retention (``imgov db drop-before``): the parts are in the ``t_local`` tables, a
+Distributed table has none, so :func:`drop_partitions_before_sharded` drops the months of
+every ``t_local`` on every host of the cluster, each host reached alone; the command
+recognises the layout by the Distributed engine of its tables (:func:`sharded_cluster`).
+An ad-hoc query with a plain ``IN`` over a Distributed table gets the 'deny' error above
+and must say ``GLOBAL IN``.
 """
 
 from __future__ import annotations
@@ -58,7 +60,13 @@ from dataclasses import dataclass
 from functools import partial
 
 from schemas.errors import ImgovError
-from sinks.clickhouse.migrate import Migration, load_migrations, migrate
+from sinks.clickhouse.migrate import (
+    PARTITIONED_TABLES,
+    Migration,
+    drop_partitions_before,
+    load_migrations,
+    migrate,
+)
 from sinks.clickhouse.settings import ClickHouseSettings
 from sinks.query import ClickHouseBackend, QueryBackend, QueryError
 
@@ -70,8 +78,11 @@ __all__ = [
     "ShardHost",
     "ShardingError",
     "cluster_shards",
+    "distributed_cluster",
+    "drop_partitions_before_sharded",
     "key_columns",
     "migrate_sharded",
+    "sharded_cluster",
     "sharded_migrations",
     "sharded_statements",
 ]
@@ -297,11 +308,7 @@ def migrate_sharded(
     """
     database = database or settings.database
     migrations = sharded_migrations(cluster, database)
-    entry = ClickHouseBackend.connect(settings, database="system")
-    try:
-        hosts = cluster_shards(entry, cluster)
-    finally:
-        entry.close()
+    hosts = _cluster_hosts(settings, cluster)
     shards = [host.shard for host in hosts]
     if len(set(shards)) != len(shards):
         # internal_replication: a Distributed table writes ONE replica of a shard and
@@ -312,19 +319,129 @@ def migrate_sharded(
         )
     applied: dict[ShardHost, list[Migration]] = {}
     for host in hosts:
-        node = settings.model_copy(update={"host": host.host, "port": host.port, "alt_hosts": None})
-        try:
-            backend = ClickHouseBackend.connect(node, database=database, create_database=True)
-        except QueryError as exc:
-            raise QueryError(
-                f"shard {host.shard} ({host.host}:{host.port}) of {cluster}: {exc}", exc.code
-            ) from exc
+        backend = _connect_host(settings, host, cluster, database, create=True)
         try:
             report = None if on_applied is None else partial(on_applied, host)
             applied[host] = migrate(backend, migrations, on_applied=report)
         finally:
             backend.close()
     return applied
+
+
+_DISTRIBUTED_CLUSTER = re.compile(r"^\s*Distributed\s*\(\s*['\"`]?(\w+)['\"`]?\s*,", re.I)
+
+
+def distributed_cluster(engine_full: str) -> str | None:
+    """Returns the cluster a ``system.tables.engine_full`` of a Distributed table names.
+
+    ``Distributed(imgov_sharded, db, t_local, key)`` (18.16) or with quoted arguments
+    (current servers) give ``imgov_sharded``; any other engine gives None.
+    """
+    match = _DISTRIBUTED_CLUSTER.match(engine_full)
+    return None if match is None else match.group(1)
+
+
+def sharded_cluster(backend: QueryBackend) -> str | None:
+    """Returns the cluster of the sharded layout in ``backend``'s database, or None.
+
+    The layout is recognised by its tables, not by flags: the partitioned audit tables
+    are Distributed and each has its ``_local`` table beside it. Called by ``imgov db
+    drop-before`` on the server it was pointed at (any host of the cluster).
+
+    Raises:
+        ShardingError: the Distributed tables name different clusters, or some audit
+            tables are Distributed and others not (a half-made layout: migrate it first).
+        QueryError: the server could not be asked.
+    """
+    names = [*PARTITIONED_TABLES, *(t + LOCAL_SUFFIX for t in PARTITIONED_TABLES)]
+    _, rows = backend.execute(
+        "SELECT name, engine_full FROM system.tables WHERE database = %(db)s AND name IN %(names)s",
+        {"db": backend.database, "names": tuple(names)},
+    )
+    engines = {str(name): str(engine) for name, engine in rows}
+    clusters = {table: distributed_cluster(engines.get(table, "")) for table in PARTITIONED_TABLES}
+    named = {cluster for cluster in clusters.values() if cluster is not None}
+    if not named:
+        return None
+    unsharded = [
+        table
+        for table, cluster in clusters.items()
+        if cluster is None or table + LOCAL_SUFFIX not in engines
+    ]
+    if len(named) > 1 or unsharded:
+        raise ShardingError(
+            f"database {backend.database} is not one sharded layout (Distributed over "
+            f"{', '.join(sorted(named))}; not sharded: {', '.join(unsharded) or 'none'}): "
+            "run imgov db migrate --cluster NAME --sharded first"
+        )
+    return named.pop()
+
+
+def drop_partitions_before_sharded(
+    settings: ClickHouseSettings,
+    cluster: str,
+    before_yyyymm: int,
+    *,
+    database: str | None = None,
+    on_dropped: Callable[[ShardHost, str, str], None] | None = None,
+) -> dict[ShardHost, list[tuple[str, str]]]:
+    """Retention on the sharded layout: drops the months before ``before_yyyymm`` of every
+    ``t_local`` table on every host of ``cluster``.
+
+    Each host is reached alone (as :func:`migrate_sharded` does): its parts are its own,
+    and an ``alt_hosts`` server would drop another shard's months twice and this one's
+    never. Safe to run again: a host whose months are gone drops nothing, so after a
+    failure half-way, running the command again finishes the job. ``on_dropped(host,
+    table, partition)`` is called for each partition dropped, once its host is done.
+
+    Returns:
+        ``(table, partition)`` dropped on each host, every host of the cluster a key.
+
+    Raises:
+        MigrationError: ``before_yyyymm`` is not a plausible YYYYMM (nothing dropped).
+        ShardingError: unknown cluster.
+        QueryError: a host could not be reached or refused a DROP PARTITION (the hosts
+            before it have dropped their months).
+    """
+    database = database or settings.database
+    local_tables = [table + LOCAL_SUFFIX for table in PARTITIONED_TABLES]
+    dropped: dict[ShardHost, list[tuple[str, str]]] = {}
+    for host in _cluster_hosts(settings, cluster):
+        backend = _connect_host(settings, host, cluster, database, create=False)
+        try:
+            dropped[host] = drop_partitions_before(backend, before_yyyymm, local_tables)
+        except QueryError as exc:
+            raise QueryError(
+                f"shard {host.shard} ({host.host}:{host.port}) of {cluster}: {exc}", exc.code
+            ) from exc
+        finally:
+            backend.close()
+        if on_dropped is not None:
+            for table, partition in dropped[host]:
+                on_dropped(host, table, partition)
+    return dropped
+
+
+def _cluster_hosts(settings: ClickHouseSettings, cluster: str) -> list[ShardHost]:
+    """The hosts of ``cluster``, asked of the server of ``settings``."""
+    entry = ClickHouseBackend.connect(settings, database="system")
+    try:
+        return cluster_shards(entry, cluster)
+    finally:
+        entry.close()
+
+
+def _connect_host(
+    settings: ClickHouseSettings, host: ShardHost, cluster: str, database: str, *, create: bool
+) -> QueryBackend:
+    """``database`` on ``host`` alone (no ``alt_hosts``), as the user of ``settings``."""
+    node = settings.model_copy(update={"host": host.host, "port": host.port, "alt_hosts": None})
+    try:
+        return ClickHouseBackend.connect(node, database=database, create_database=create)
+    except QueryError as exc:
+        raise QueryError(
+            f"shard {host.shard} ({host.host}:{host.port}) of {cluster}: {exc}", exc.code
+        ) from exc
 
 
 def _distributed_columns(rest: str) -> str:

@@ -33,8 +33,14 @@ from sinks.clickhouse.migrate import (
     migrate,
 )
 from sinks.clickhouse.settings import ClickHouseSettings
-from sinks.clickhouse.sharded import ShardHost, migrate_sharded, sharded_migrations
-from sinks.query import QueryBackend
+from sinks.clickhouse.sharded import (
+    ShardHost,
+    drop_partitions_before_sharded,
+    migrate_sharded,
+    sharded_cluster,
+    sharded_migrations,
+)
+from sinks.query import BackendUnavailableError, QueryBackend
 from streams.cli.options import ChdbOption, DatabaseOption, open_backend
 
 __all__ = ["db_app", "query_command"]
@@ -150,8 +156,10 @@ def status_command(
     with open_backend(chdb, database, create=False) as backend:
         try:
             applied = applied_migrations(backend)
+        except BackendUnavailableError:
+            raise  # a server that cannot be reached is an error, not "nothing applied"
         except ImgovError:
-            applied = {}
+            applied = {}  # no migrations table yet
         layouts: dict[str, tuple[Migration, ...]] = {"single node": load_migrations()}
         if chdb is None and cluster is not None:
             layouts[f"replicated on {cluster}"] = replicated_migrations(cluster, backend.database)
@@ -189,16 +197,39 @@ def drop_before_command(
 
     ClickHouse has no TTL here. Lineage revisions are partitioned by update time: keep the
     lineage retention plus a month beyond what `imgov audit verify` must check.
+
+    The layout is recognised on the server: single node and replicated, the server's own
+    tables (a replicated DROP PARTITION reaches the other replicas by replication); sharded
+    (Distributed tables), the `_local` tables on every host of the cluster, each reached alone.
     """
+    console = Console()
     with open_backend(chdb, database, create=False) as backend:
+        cluster = None if chdb is not None else sharded_cluster(backend)
+        if cluster is None:
+            target = _target(chdb, backend)
+        else:
+            target = f"the sharded layout on {cluster} (every host) database {backend.database}"
         if not yes:
-            typer.confirm(
-                f"Drop all audit partitions before {month} in {_target(chdb, backend)}?", abort=True
-            )
-        dropped = drop_partitions_before(backend, month)
-        for table, partition in dropped:
-            Console().print(f"dropped {table} partition {partition}")
-        Console().print(f"{len(dropped)} partition(s) dropped")
+            typer.confirm(f"Drop all audit partitions before {month} in {target}?", abort=True)
+        if cluster is None:
+            dropped = drop_partitions_before(backend, month)
+            for table, partition in dropped:
+                console.print(f"dropped {table} partition {partition}")
+            console.print(f"{len(dropped)} partition(s) dropped")
+            return
+
+        def report(host: ShardHost, table: str, partition: str) -> None:
+            where = f"shard {host.shard} {host.host}:{host.port}"
+            console.print(f"dropped {table} partition {partition} on {where}")
+
+        per_host = drop_partitions_before_sharded(
+            ClickHouseSettings(), cluster, month, database=backend.database, on_dropped=report
+        )
+        for host, done in per_host.items():
+            where = f"shard {host.shard} {host.host}:{host.port}"
+            console.print(f"{where}: {len(done)} partition(s) dropped")
+        total = sum(len(done) for done in per_host.values())
+        console.print(f"{total} partition(s) dropped on {len(per_host)} host(s) of {cluster}")
 
 
 def _cell(value: Any) -> str:

@@ -8,20 +8,33 @@ tests/cluster/test_sharded_layout.py.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
-from sinks.clickhouse.migrate import Migration, load_migrations, split_statements
+from sinks.clickhouse.migrate import (
+    PARTITIONED_TABLES,
+    Migration,
+    drop_partitions_before,
+    load_migrations,
+    migrate,
+    split_statements,
+)
+from sinks.clickhouse.rows import KPI_COLUMNS, kpi_row
 from sinks.clickhouse.sharded import (
     CROSS_SHARD_VIEWS,
     LOCAL_SUFFIX,
     SHARD_LOCAL_VIEWS,
     SHARDING_KEYS,
     ShardingError,
+    distributed_cluster,
     key_columns,
+    sharded_cluster,
     sharded_migrations,
     sharded_statements,
 )
+from sinks.query import ChdbBackend
+from tests.unit.sinks import factory
 
 CLUSTER = "imgov_sharded"
 DB = "imgov"
@@ -219,3 +232,53 @@ def test_the_command_needs_a_cluster_for_the_sharded_layout(
     result = CliRunner().invoke(app, ["db", "migrate", "--sharded"])
     assert result.exit_code == 2
     assert "--sharded needs --cluster" in result.output
+
+
+def test_distributed_cluster_reads_the_engine_of_either_server() -> None:
+    key = SHARDING_KEYS["event_log"]
+    # 18.16 writes the arguments bare, current servers quote them.
+    assert distributed_cluster(f"Distributed({CLUSTER}, db, event_log_local, {key})") == CLUSTER
+    assert distributed_cluster(f"Distributed('{CLUSTER}', 'db', 'event_log_local', {key})") == (
+        CLUSTER
+    )
+    assert distributed_cluster("ReplacingMergeTree PARTITION BY toYYYYMM(x) ORDER BY y") is None
+    assert distributed_cluster("ReplicatedReplacingMergeTree('/p/{shard}', '{replica}')") is None
+    assert distributed_cluster("") is None
+
+
+def test_retention_sees_no_sharded_layout_in_a_single_node_database(tmp_path: Path) -> None:
+    backend = ChdbBackend(tmp_path / "chdb", "imgov_single")
+    try:
+        assert sharded_cluster(backend) is None  # no tables yet
+        migrate(backend)
+        assert sharded_cluster(backend) is None
+    finally:
+        backend.close()
+
+
+def test_retention_drops_the_months_of_the_local_tables(tmp_path: Path) -> None:
+    """What drop_partitions_before_sharded runs on each host, on the local tables the
+    layout creates (chDB has no cluster for the Distributed half)."""
+    backend = ChdbBackend(tmp_path / "chdb", "imgov_shard")
+    try:
+        local = re.compile(
+            rf"^(CREATE|ALTER|DROP) (TABLE|VIEW) (IF (NOT )?EXISTS )?\w+{LOCAL_SUFFIX}\b"
+        )
+        for migration in sharded_migrations(CLUSTER, backend.database):
+            for statement in migration.statements:
+                if local.match(statement):
+                    backend.execute(statement)
+        november_2023, january_2024 = 1_700_000_000_000, 1_704_067_200_000
+        rows = [
+            kpi_row(factory.kpi_emissions(start)[-1]) for start in (november_2023, january_2024)
+        ]
+        backend.insert("kpi_values" + LOCAL_SUFFIX, KPI_COLUMNS, rows)
+        local_tables = [table + LOCAL_SUFFIX for table in PARTITIONED_TABLES]
+        assert drop_partitions_before(backend, 202401, local_tables) == [
+            ("kpi_values_local", "202311")
+        ]
+        assert drop_partitions_before(backend, 202401, local_tables) == []  # run again: nothing
+        _, count = backend.execute("SELECT count() FROM kpi_values_local")
+        assert count == [(1,)]
+    finally:
+        backend.close()
