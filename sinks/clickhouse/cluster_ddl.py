@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 from schemas.errors import ImgovError
 from sinks.clickhouse.migrate import (
@@ -40,12 +41,13 @@ from sinks.clickhouse.migrate import (
     migrate,
 )
 from sinks.clickhouse.settings import ClickHouseSettings
-from sinks.query import ClickHouseBackend, QueryError
+from sinks.query import ClickHouseBackend, QueryBackend, QueryError
 
 __all__ = [
     "ClusterDDLError",
+    "ShardHost",
     "bootstrap_sql",
-    "cluster_hosts",
+    "cluster_shards",
     "migrate_replicated",
     "replicated_migrations",
     "replicated_statement",
@@ -174,16 +176,27 @@ def replicated_migrations(
     )
 
 
-def cluster_hosts(backend: ClickHouseBackend, cluster: str) -> list[tuple[str, int]]:
-    """Returns ``(host, port)`` of every replica of ``cluster``, as the server lists them.
+@dataclass(frozen=True, slots=True)
+class ShardHost:
+    """One host of a cluster, as ``system.clusters`` lists it."""
+
+    shard: int
+    host: str
+    port: int
+
+
+def cluster_shards(backend: QueryBackend, cluster: str) -> list[ShardHost]:
+    """Returns every host of ``cluster`` (all replicas of all shards), by shard, as the
+    server lists them: the replicated layout checks the cluster exists, the sharded one
+    (:mod:`sinks.clickhouse.sharded`) migrates and prunes each host.
 
     Raises:
         ClusterDDLError: the server has no such cluster.
         QueryError: the server could not be asked.
     """
     _, rows = backend.execute(
-        "SELECT host_address, port FROM system.clusters WHERE cluster = %(cluster)s "
-        "ORDER BY shard_num, replica_num",
+        "SELECT shard_num, host_address, port FROM system.clusters "
+        "WHERE cluster = %(cluster)s ORDER BY shard_num, replica_num",
         {"cluster": cluster},
     )
     if not rows:
@@ -191,7 +204,7 @@ def cluster_hosts(backend: ClickHouseBackend, cluster: str) -> list[tuple[str, i
             f"the server knows no cluster {cluster!r} (its <remote_servers>); "
             "is it a node of the cluster (make cluster-up)?"
         )
-    return [(str(host), int(port)) for host, port in rows]
+    return [ShardHost(int(shard), str(host), int(port)) for shard, host, port in rows]
 
 
 def migrate_replicated(
@@ -222,7 +235,7 @@ def migrate_replicated(
     migrations = replicated_migrations(cluster, database)
     entry = ClickHouseBackend.connect(settings, database="system")
     try:
-        cluster_hosts(entry, cluster)
+        cluster_shards(entry, cluster)
         entry.execute(f"CREATE DATABASE IF NOT EXISTS {database} ON CLUSTER {cluster}")
     finally:
         entry.close()

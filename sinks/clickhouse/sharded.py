@@ -56,10 +56,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from functools import partial
 
-from schemas.errors import ImgovError
+from sinks.clickhouse.cluster_ddl import ClusterDDLError, ShardHost, cluster_shards
 from sinks.clickhouse.migrate import (
     PARTITIONED_TABLES,
     Migration,
@@ -145,7 +144,7 @@ CROSS_SHARD_VIEWS = frozenset({"model_scorecard"})
 """Views that aggregate across sharding keys: kept as written, over Distributed tables."""
 
 
-class ShardingError(ImgovError):
+class ShardingError(ClusterDDLError):
     """A migration cannot be laid out over shards, or the cluster is not usable."""
 
 
@@ -253,35 +252,6 @@ def sharded_migrations(
         )
         for migration in (load_migrations() if migrations is None else migrations)
     )
-
-
-@dataclass(frozen=True, slots=True)
-class ShardHost:
-    """One host of a cluster, as ``system.clusters`` lists it."""
-
-    shard: int
-    host: str
-    port: int
-
-
-def cluster_shards(backend: QueryBackend, cluster: str) -> list[ShardHost]:
-    """Returns every host of ``cluster`` (all replicas of all shards), by shard.
-
-    Raises:
-        ShardingError: the server has no such cluster.
-        QueryError: the server could not be asked.
-    """
-    _, rows = backend.execute(
-        "SELECT shard_num, host_address, port FROM system.clusters "
-        "WHERE cluster = %(cluster)s ORDER BY shard_num, replica_num",
-        {"cluster": cluster},
-    )
-    if not rows:
-        raise ShardingError(
-            f"the server knows no cluster {cluster!r} (its <remote_servers>); "
-            "is it a node of the cluster (make cluster-up)?"
-        )
-    return [ShardHost(int(shard), str(host), int(port)) for shard, host, port in rows]
 
 
 def migrate_sharded(
