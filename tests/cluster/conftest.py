@@ -24,6 +24,7 @@ from tests.cluster.harness import (
     cluster_sh,
     opened_cluster,
 )
+from tests.integration.test_live_harness import write_measured
 
 
 def _in_ci() -> bool:
@@ -78,14 +79,4 @@ def cluster_env(
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Prints what the cluster tests measured (``record_property("measured", ...)``)."""
-    lines = [
-        f"{report.nodeid.rsplit('::', 1)[-1]}: {value}"
-        for report in terminalreporter.stats.get("passed", [])
-        for key, value in getattr(report, "user_properties", ())
-        if key == "measured"
-    ]
-    if lines:
-        terminalreporter.write_sep("-", "measured by the cluster tests")
-        for line in lines:
-            terminalreporter.write_line(line)
+    write_measured(terminalreporter, "measured by the cluster tests")

@@ -21,7 +21,7 @@ from clickhouse_driver import Client
 from streams.paths import REPO_ROOT
 from streams.runtime.topic_admin import TopicRole, TopicSpec, create_topics
 from tests.integration.secure_kafka import SecureListener, find_secure_listener
-from tests.integration.test_live_harness import LiveEnv, opened
+from tests.integration.test_live_harness import LiveEnv, opened, write_measured
 
 KAFKA_BOOTSTRAP = os.environ.get("IMGOV_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
 CLICKHOUSE_HOST = os.environ.get("IMGOV_CLICKHOUSE_HOST", "127.0.0.1")
@@ -99,17 +99,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Prints what the live tests measured (``record_property("measured", ...)``)."""
-    lines = [
-        f"{report.nodeid.rsplit('::', 1)[-1]}: {value}"
-        for report in terminalreporter.stats.get("passed", [])
-        for key, value in getattr(report, "user_properties", ())
-        if key == "measured"
-    ]
-    if lines:
-        terminalreporter.write_sep("-", "measured by the live tests")
-        for line in lines:
-            terminalreporter.write_line(line)
+    write_measured(terminalreporter, "measured by the live tests")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

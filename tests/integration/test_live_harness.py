@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from clickhouse_driver import Client
 
 from schemas.codec import Codec
@@ -550,3 +551,18 @@ def assert_equal_to_replay(env: LiveEnv, events_file: Path) -> dict[str, Any]:
     assert live == offline, diff_summary(live, offline)
     assert live["lineage"] and live["kpis"]
     return live
+
+
+def write_measured(terminalreporter: pytest.TerminalReporter, title: str) -> None:
+    """Prints, under ``title``, what the passed tests measured
+    (``record_property("measured", ...)``): the figures a run must show."""
+    lines = [
+        f"{report.nodeid.rsplit('::', 1)[-1]}: {value}"
+        for report in terminalreporter.stats.get("passed", [])
+        for key, value in getattr(report, "user_properties", ())
+        if key == "measured"
+    ]
+    if lines:
+        terminalreporter.write_sep("-", title)
+        for line in lines:
+            terminalreporter.write_line(line)
